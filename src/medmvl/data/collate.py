@@ -1,0 +1,61 @@
+"""Pad token sequences and gather images of a batch into the tensors ``MedVLM`` consumes.
+
+Images of all samples are concatenated in sample order, which is also the order of their placeholder
+blocks in ``input_ids``; the model merges features by placeholder (``masked_scatter``), so no per-sample
+image index is needed. Samples that a dataset returned as ``None`` (an unreadable image under
+``on_error="skip"``) are dropped here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+
+from medmvl.data.conversation import IGNORE_INDEX
+
+
+class Collator:
+    """Collate ``AnnotationDataset`` items.
+
+    Args:
+        pad_token_id: Id written into padded ``input_ids`` positions (masked by ``attention_mask``).
+        padding_side: ``right`` for training; ``left`` for batched generation.
+    """
+
+    def __init__(self, pad_token_id: int, padding_side: Literal["right", "left"] = "right") -> None:
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        self.pad_token_id = pad_token_id
+        self.padding_side = padding_side
+
+    def __call__(self, items: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+        """Batch items.
+
+        Returns:
+            ``input_ids`` [b, n], ``attention_mask`` [b, n], ``labels`` [b, n] (``-100`` on padding),
+            ``pixel_values`` [N, c, h, w] (all images in sample order) or ``None``, and ``ids`` (list of b
+            strings); ``None`` if every item was dropped.
+        """
+        kept = [item for item in items if item is not None]
+        if not kept:
+            return None
+        n = max(len(item["input_ids"]) for item in kept)
+        input_ids = torch.full((len(kept), n), self.pad_token_id, dtype=torch.long)  # [b, n]
+        labels = torch.full((len(kept), n), IGNORE_INDEX, dtype=torch.long)  # [b, n]
+        attention_mask = torch.zeros((len(kept), n), dtype=torch.long)  # [b, n]
+        for row, item in enumerate(kept):
+            length = len(item["input_ids"])
+            cols = slice(0, length) if self.padding_side == "right" else slice(n - length, n)
+            input_ids[row, cols] = item["input_ids"]
+            labels[row, cols] = item["labels"] if "labels" in item else IGNORE_INDEX
+            attention_mask[row, cols] = 1
+        images = [item["pixel_values"] for item in kept if item.get("pixel_values") is not None]
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "pixel_values": torch.cat(images) if images else None,  # [N, c, h, w]
+            "ids": [item["id"] for item in kept],
+        }

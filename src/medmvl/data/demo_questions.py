@@ -1,0 +1,225 @@
+"""Question types, phrasings and the answer-balanced plan of the 2D demo set.
+
+Each question type lists the answer *keys* a view supports (e.g. ``("liver", "yes")`` for a slice that
+clearly shows the liver). A split's plan assigns its samples of a type round-robin over the keys that
+split can produce, so every key (and thus every answer, per organ, per option pair) gets the same number
+of samples +-1: the question text alone carries no information about the answer. Choice questions draw
+their distractor from the answers the same split produces; the option order alternates per key, so the
+right answer comes first in half of a key's samples.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+import numpy as np
+
+from medmvl.data.demo_sources import View
+
+# Share of each question type in every split (closed types first; they sum to 1).
+TYPE_WEIGHTS = {
+    "organ_presence": 0.24,
+    "organ_choice": 0.16,
+    "laterality": 0.16,
+    "modality": 0.14,
+    "body_region": 0.14,
+    "modality_open": 0.08,
+    "body_region_open": 0.08,
+}
+OPEN_TYPES = ("modality_open", "body_region_open")
+# Organ pairs asked as "which of these is visible"; only slices where exactly one is clearly present.
+ORGAN_PAIRS = (
+    ("heart", "liver"),
+    ("heart", "stomach"),
+    ("heart", "spleen"),
+    ("heart", "kidneys"),
+    ("lungs", "kidneys"),
+    ("lungs", "stomach"),
+)
+PLURAL = {"lungs", "kidneys"}
+OPPOSITE_SIDE = {"left": "right", "right": "left"}
+
+TEMPLATES = {
+    "organ_presence": (
+        "{Be} the {organ} in this slice?",
+        "{Be} the {organ} visible in this image?",
+        "Does this CT slice show the {organ}?",
+        "Can the {organ} be seen in this slice?",
+    ),
+    "organ_choice": (
+        "Which of these is visible: the {a} or the {b}?",
+        "Which organ appears in this slice, the {a} or the {b}?",
+        "Which can be seen in this image: the {a} or the {b}?",
+    ),
+    "laterality": (
+        "Is the {organ} on the {a} or the {b} side of the patient?",
+        "On which side of the patient is the {organ}, {a} or {b}?",
+        "Is the {organ} on the patient's {a} or {b}?",
+    ),
+    "modality": (
+        "Which imaging modality is this, {a} or {b}?",
+        "Is this image from {a} or {b}?",
+        "What kind of image is this: {a} or {b}?",
+    ),
+    "body_region": (
+        "Which body region is shown, the {a} or the {b}?",
+        "Does this image show the {a} or the {b}?",
+        "Is this an image of the {a} or the {b}?",
+    ),
+    "modality_open": (
+        "What imaging modality is this?",
+        "What type of image is this?",
+        "Name the imaging modality.",
+    ),
+    "body_region_open": (
+        "What body region is shown?",
+        "Which part of the body is imaged?",
+        "What anatomy does this image show?",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One sample before rendering: which view, how to ask, the answer, and whether to mirror the image."""
+
+    view: View
+    question_type: str
+    question: str
+    answer: str
+    choices: tuple[str, ...]
+    flip: bool
+
+
+def _presence_keys(v: View) -> list[Hashable]:
+    return [(o, "yes") for o in sorted(v.present)] + [(o, "no") for o in sorted(v.absent)]
+
+
+def _choice_keys(v: View) -> list[Hashable]:
+    keys = []
+    for a, b in ORGAN_PAIRS:
+        if a in v.present and b in v.absent:
+            keys.append(((a, b), a))
+        elif b in v.present and a in v.absent:
+            keys.append(((a, b), b))
+    return keys
+
+
+def _laterality_keys(v: View) -> list[Hashable]:
+    # A mirrored image shows a mirrored patient, so its organ sits on the other side: the answer flips.
+    return [(o, side) for o, s in sorted(v.sides.items()) for side in (s, OPPOSITE_SIDE[s])]
+
+
+KEY_FUNCS: dict[str, Callable[[View], list[Hashable]]] = {
+    "organ_presence": _presence_keys,
+    "organ_choice": _choice_keys,
+    "laterality": _laterality_keys,
+    "modality": lambda v: [v.modality],
+    "body_region": lambda v: [v.region] if v.region else [],
+    "modality_open": lambda v: [v.modality],
+    "body_region_open": lambda v: [v.region] if v.region else [],
+}
+
+
+def type_counts(n: int) -> dict[str, int]:
+    """Samples per question type for a split of ``n`` (largest remainder, so they sum to ``n``)."""
+    raw = {t: n * w for t, w in TYPE_WEIGHTS.items()}
+    counts = {t: int(r) for t, r in raw.items()}
+    for t in sorted(raw, key=lambda t: counts[t] - raw[t])[: n - sum(counts.values())]:
+        counts[t] += 1
+    return counts
+
+
+def answer_keys(views: list[View], qtype: str) -> dict[Hashable, dict[str, list[View]]]:
+    """``key -> source -> views``: every key (organ and answer, truth...) the views can produce."""
+    pools: dict[Hashable, dict[str, list[View]]] = defaultdict(lambda: defaultdict(list))
+    for v in views:
+        for k in KEY_FUNCS[qtype](v):
+            pools[k][v.source].append(v)
+    return pools
+
+
+def key_pools(
+    views: list[View], qtype: str, allowed: set[Hashable] | None = None
+) -> dict[Hashable, dict[str, list[View]]]:
+    """The balanced key set of one question type: ``key -> source -> views``.
+
+    Args:
+        views: the views of one split.
+        qtype: question type.
+        allowed: if given, keys outside it are dropped first (a held-out split keeps training's keys).
+
+    Returns:
+        Keys whose every alternative answer is also a key: both answers per organ or pair, and
+        ``(truth, distractor)`` for every ordered pair of the truths of a two-option choice.
+    """
+    pools = answer_keys(views, qtype)
+    if allowed is not None:
+        pools = {k: p for k, p in pools.items() if k in allowed}
+    if qtype in ("modality", "body_region"):
+        truths = sorted(pools)
+        return {(t, d): pools[t] for t in truths for d in truths if d != t}
+    if qtype in ("organ_presence", "organ_choice", "laterality"):
+        groups = defaultdict(set)
+        for subject, answer in pools:
+            groups[subject].add(answer)
+        return {k: p for k, p in pools.items() if len(groups[k[0]]) == 2}
+    return pools
+
+
+def _ask(qtype: str, key: Hashable, view: View, rng: np.random.Generator, swap: bool) -> Planned:
+    """Phrase one question; ``swap`` reverses the two options of a choice (balanced by the caller)."""
+    template = TEMPLATES[qtype][rng.integers(len(TEMPLATES[qtype]))]
+    flip = bool(rng.integers(2))
+    if qtype == "organ_presence":
+        organ, answer = key
+        be = "Are" if organ in PLURAL else "Is"
+        return Planned(view, qtype, template.format(Be=be, organ=organ), answer, ("yes", "no"), flip)
+    if qtype in OPEN_TYPES:
+        return Planned(view, qtype, template, key, (), flip)
+    if qtype == "laterality":
+        organ, answer = key
+        flip = answer != view.sides[organ]
+        pair = ("left", "right")
+        organ_fmt = {"organ": organ}
+    elif qtype == "organ_choice":
+        pair, answer = key
+        organ_fmt = {}
+    else:
+        answer, distractor = key
+        pair = (answer, distractor)
+        organ_fmt = {}
+    a, b = pair[::-1] if swap else pair
+    return Planned(view, qtype, template.format(a=a, b=b, **organ_fmt), answer, (a, b), flip)
+
+
+def plan_split(views: list[View], split: str, n: int, rng: np.random.Generator) -> list[Planned]:
+    """Plan ``n`` answer-balanced samples from the views of ``split``, in shuffled order.
+
+    A held-out split only uses keys the training split also has (e.g. the heart-or-liver choice needs
+    training slices with the heart and without the liver), so everything it asks is learnable.
+
+    Raises:
+        ValueError: when a question type has no answerable key in ``split``.
+    """
+    train_views = [v for v in views if v.split == "train"]
+    views = [v for v in views if v.split == split]
+    planned: list[Planned] = []
+    for qtype, count in type_counts(n).items():
+        allowed = None if split == "train" else set(key_pools(train_views, qtype))
+        if allowed is not None and qtype in ("modality", "body_region"):
+            allowed = {truth for truth, _ in allowed}
+        pools = key_pools(views, qtype, allowed)
+        if not pools and count:
+            raise ValueError(f"demo split {split!r}: no view answers question type {qtype!r}")
+        keys = sorted(pools, key=repr)
+        order, offsets = rng.permutation(len(keys)), rng.integers(2, size=len(keys))
+        for i in range(count):
+            k = order[i % len(keys)]  # round-robin over keys; option order alternates per key
+            sources = sorted(pools[keys[k]])
+            candidates = pools[keys[k]][sources[rng.integers(len(sources))]]
+            view = candidates[rng.integers(len(candidates))]
+            planned.append(_ask(qtype, keys[k], view, rng, swap=bool((i // len(keys) + offsets[k]) % 2)))
+    return [planned[i] for i in rng.permutation(len(planned))]

@@ -1,0 +1,116 @@
+"""Shared body of the transformers ViT towers (CLIP, SigLIP): load, select a layer, select features."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar, Literal
+
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+
+from medmvl.models.encoders.base import VisionEncoder
+
+log = logging.getLogger(__name__)
+
+
+class HfVisionEncoder(VisionEncoder):
+    """A transformers vision tower used as a patch-token encoder (2D).
+
+    Args:
+        name_or_path: hub id or local folder of a vision or full CLIP/SigLIP checkpoint; ``None`` builds
+            the tower from ``config`` with random weights (offline, tiny tests, training from scratch).
+        config: vision-config keyword arguments; used when ``name_or_path`` is None, else applied as
+            overrides to the checkpoint's config.
+        select_layer: index into the hidden states (``-1`` last layer, ``-2`` penultimate as in LLaVA/MedM-VL).
+        select_feature: ``patch`` (patch tokens) or ``cls_patch`` (CLS token + patches; CLIP only).
+        image_mean: per-channel mean; ``None`` takes the checkpoint's image processor or the family default.
+        image_std: per-channel std, same rule.
+        dtype: parameter dtype when loading (``float32``, ``bfloat16``...).
+        attn_implementation: ``sdpa`` | ``eager`` | ``flash_attention_2``.
+    """
+
+    model_class: ClassVar[type[PreTrainedModel]]
+    config_class: ClassVar[type[PretrainedConfig]]
+    has_cls: ClassVar[bool]
+    default_mean: ClassVar[tuple[float, float, float]]
+    default_std: ClassVar[tuple[float, float, float]]
+
+    def __init__(
+        self,
+        name_or_path: str | None = None,
+        *,
+        config: dict[str, Any] | None = None,
+        select_layer: int = -2,
+        select_feature: Literal["patch", "cls_patch"] = "patch",
+        image_mean: tuple[float, ...] | None = None,
+        image_std: tuple[float, ...] | None = None,
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        if select_feature not in ("patch", "cls_patch"):
+            raise ValueError(f"select_feature must be 'patch' or 'cls_patch', got {select_feature!r}")
+        if select_feature == "cls_patch" and not self.has_cls:
+            raise ValueError(f"{type(self).__name__} has no CLS token: use select_feature='patch'")
+        overrides = dict(config or {})
+        if name_or_path is None:
+            if not overrides:
+                raise ValueError(f"{type(self).__name__}: give name_or_path or a config")
+            cfg = self.config_class(**overrides)
+            self.model = self.model_class._from_config(cfg, attn_implementation=attn_implementation)
+            self.model.to(getattr(torch, dtype))
+        else:
+            self.model = self.model_class.from_pretrained(
+                name_or_path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation, **overrides
+            )
+        vcfg = self.model.config
+        mean, std = self._processor_stats(name_or_path)
+        self.select_layer = select_layer
+        self.select_feature = select_feature
+        self.out_dim = vcfg.hidden_size
+        self.spatial_dims = 2
+        side = vcfg.image_size // vcfg.patch_size
+        self.grid = (side, side)
+        self.preprocess = {
+            "image_size": (vcfg.image_size, vcfg.image_size),
+            "image_mean": tuple(image_mean or mean),
+            "image_std": tuple(image_std or std),
+            "channels": vcfg.num_channels,
+        }
+
+    def _processor_stats(self, name_or_path: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if name_or_path is None:
+            return self.default_mean, self.default_std
+        try:
+            from transformers import AutoImageProcessor
+
+            proc = AutoImageProcessor.from_pretrained(name_or_path)
+            return tuple(proc.image_mean), tuple(proc.image_std)
+        except (OSError, ValueError) as err:
+            log.warning("no image processor config for %s (%s): using %s defaults", name_or_path, err,
+                        type(self).__name__)
+            return self.default_mean, self.default_std
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1] + (1 if self.select_feature == "cls_patch" else 0)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[b, c, h, w]`` -> ``[b, n, d_enc]``."""
+        out = self.model(pixel_values=pixels.to(self.model.dtype), output_hidden_states=True)
+        feats = out.hidden_states[self.select_layer]  # [b, (1+)n, d_enc]
+        if self.has_cls and self.select_feature == "patch":
+            feats = feats[:, 1:]  # [b, n, d_enc]
+        return feats
+
+    def export_config(self) -> dict[str, Any]:
+        cls = type(self)
+        return {
+            "_target_": f"{cls.__module__}.{cls.__qualname__}",
+            "name_or_path": None,
+            "config": self.model.config.to_diff_dict(),
+            "select_layer": self.select_layer,
+            "select_feature": self.select_feature,
+            "image_mean": list(self.preprocess["image_mean"]),
+            "image_std": list(self.preprocess["image_std"]),
+        }

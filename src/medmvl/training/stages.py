@@ -1,0 +1,81 @@
+"""Training stages as data: each top-level module of a MedVLM is ``frozen`` or ``full``, with its own LR.
+
+A stage config is a mapping ``{module_name: {mode: frozen|full, lr: float|null, weight_decay: float|null}}``
+over ``encoder``, ``connector`` and ``llm``; ``pretrain``, ``finetune`` and friends are just YAML files.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+MODES = ("frozen", "full")
+MODULES = ("encoder", "connector", "llm")
+
+
+def apply_stage(model: nn.Module, stage: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Set ``requires_grad`` per module and return optimizer parameter groups.
+
+    Args:
+        model: a MedVLM (any module with ``encoder``, ``connector`` and ``llm`` children).
+        stage: per-module settings; a module not named is frozen.
+
+    Returns:
+        One param group per trainable module: ``{"name", "params", ["lr"], ["weight_decay"]}``; groups leave
+        ``lr``/``weight_decay`` out when the stage does not set them, so the optimizer's defaults apply.
+    """
+    unknown = set(stage) - set(MODULES)
+    if unknown:
+        raise ValueError(f"stage names unknown modules {sorted(unknown)}; valid: {list(MODULES)}")
+    groups: list[dict[str, Any]] = []
+    for name in MODULES:
+        spec = dict(stage.get(name) or {"mode": "frozen"})
+        mode = spec.get("mode", "frozen")
+        if mode not in MODES:
+            raise ValueError(f"stage.{name}.mode must be one of {MODES}, got {mode!r}")
+        module: nn.Module = getattr(model, name)
+        module.requires_grad_(mode == "full")
+        if mode == "full":
+            group: dict[str, Any] = {"name": name, "params": [p for p in module.parameters() if p.requires_grad]}
+            for key in ("lr", "weight_decay"):
+                if spec.get(key) is not None:
+                    group[key] = float(spec[key])
+            groups.append(group)
+    if not groups:
+        raise ValueError("the stage trains nothing: set at least one module's mode to 'full'")
+    return groups
+
+
+def trainable_table(model: nn.Module) -> tuple[Table, dict[str, dict[str, int]]]:
+    """A rich table (and the numbers) of total and trainable parameters per component."""
+    stats: dict[str, dict[str, int]] = {}
+    for name in MODULES:
+        params = list(getattr(model, name).parameters())
+        seen: set[int] = set()
+        total = trainable = 0
+        for p in params:
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            total += p.numel()
+            trainable += p.numel() if p.requires_grad else 0
+        stats[name] = {"total": total, "trainable": trainable}
+    table = Table(title="parameters per component")
+    for col in ("component", "total", "trainable", "%"):
+        table.add_column(col, justify="right" if col != "component" else "left")
+    for name, s in stats.items():
+        pct = 100.0 * s["trainable"] / max(s["total"], 1)
+        table.add_row(name, f"{s['total']:,}", f"{s['trainable']:,}", f"{pct:.1f}")
+    return table, stats
+
+
+def render(table: Table) -> str:
+    """Plain-text rendering of a rich table (for logs)."""
+    console = Console(width=100, file=io.StringIO())
+    console.print(table)
+    return console.file.getvalue()

@@ -1,0 +1,37 @@
+"""Shared fixtures: compose the real ``conf/`` once, copy per test, send outputs to ``tmp_path``."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+
+import medmvl  # noqa: E402
+
+CONF_DIR = Path(medmvl.__file__).parent / "conf"
+
+
+def compose_train(overrides: list[str] | None = None, output_dir: Path | None = None) -> DictConfig:
+    """Compose ``train.yaml`` from the real config tree with ``overrides``; outputs go to ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides or [])
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path) -> DictConfig:
+    """The default tiny stack (tiny2d + mlp + tiny LLM), CPU trainer, outputs under ``tmp_path``."""
+    return compose_train(["experiment=none", "logger=csv"], output_dir=tmp_path)

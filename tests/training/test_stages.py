@@ -1,0 +1,65 @@
+"""Stages are data: the same function freezes or trains each module and sets its learning rate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from medmvl.training.schedule import cosine_with_warmup
+from medmvl.training.stages import apply_stage, render, trainable_table
+from tests.conftest import CONF_DIR
+
+
+class Toy(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Linear(4, 4)
+        self.connector = torch.nn.Linear(4, 8)
+        self.llm = torch.nn.Linear(8, 8)
+
+
+def _stage(name: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "stage" / f"{name}.yaml"))
+
+
+def test_pretrain_trains_connector_only() -> None:
+    model = Toy()
+    groups = apply_stage(model, _stage("pretrain"))
+    assert [g["name"] for g in groups] == ["connector"] and groups[0]["lr"] == 1e-3
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert not any(p.requires_grad for p in model.llm.parameters())
+    _, stats = trainable_table(model)
+    assert stats["connector"] == {"total": 40, "trainable": 40}
+    assert stats["llm"] == {"total": 72, "trainable": 0}
+    assert "connector" in render(trainable_table(model)[0])
+
+
+def test_finetune_groups_and_lrs() -> None:
+    model = Toy()
+    groups = apply_stage(model, _stage("finetune"))
+    assert {g["name"]: g["lr"] for g in groups} == {"connector": 2e-5, "llm": 2e-5}
+    opt = torch.optim.AdamW(groups, lr=1.0)
+    assert [g["lr"] for g in opt.param_groups] == [2e-5, 2e-5]
+
+
+def test_bad_stage_is_named() -> None:
+    with pytest.raises(ValueError, match="stage.llm.mode"):
+        apply_stage(Toy(), {"llm": {"mode": "half"}})
+    with pytest.raises(ValueError, match="unknown modules"):
+        apply_stage(Toy(), {"vision": {"mode": "full"}})
+    with pytest.raises(ValueError, match="trains nothing"):
+        apply_stage(Toy(), {})
+
+
+def test_cosine_warmup_shape() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = cosine_with_warmup(opt, num_training_steps=100, warmup_ratio=0.1)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1 / 11) and max(lrs) == pytest.approx(1.0)
+    assert lrs.index(max(lrs)) == 10 and lrs[-1] < 0.01
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
