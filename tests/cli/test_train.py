@@ -1,0 +1,70 @@
+"""train.py end to end on the tiny stack: fast_dev_run, saved outputs, overfitting, the CLI itself."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from medmvl.cli.train import train
+from medmvl.models.io import from_pretrained
+from tests.conftest import compose_train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _losses(run_dir: Path) -> list[float]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def test_fast_dev_run(tmp_path: Path, colour_data: list[str]) -> None:
+    cfg = compose_train(["experiment=none", "debug=fast", *colour_data], output_dir=tmp_path / "run")
+    metrics = train(cfg)
+    assert "train/loss" in metrics and "val/loss" in metrics
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_saves_checkpoint_metrics_and_model(tmp_path: Path, colour_data: list[str]) -> None:
+    run = tmp_path / "run"
+    cfg = compose_train(["experiment=none", "trainer.max_steps=3", "trainer.max_epochs=5", "trainer.log_every_n_steps=1", *colour_data],
+                        output_dir=run)
+    metrics = train(cfg)
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert len(_losses(run)) == 3
+    model = from_pretrained(metrics["model_dir"])
+    assert model.image_token_counts == {"<image>": 16}
+
+
+def test_overfits_eight_samples(tmp_path: Path, colour_data: list[str]) -> None:
+    run = tmp_path / "run"
+    cfg = compose_train(
+        ["experiment=none", "trainer.max_epochs=40", "trainer.log_every_n_steps=1", "data.batch_size=4",
+         "stage.llm.lr=3e-3", "stage.connector.lr=3e-3", "stage.encoder.mode=full", "stage.encoder.lr=1e-3",
+         "scheduler.warmup_ratio=0.05", "save_model=false", "callbacks.model_checkpoint=null", *colour_data],
+        output_dir=run,
+    )
+    train(cfg)
+    losses = _losses(run)
+    first, last = sum(losses[:2]) / 2, sum(losses[-4:]) / 4
+    assert last <= 0.2 * first, f"loss fell only from {first:.3f} to {last:.3f}"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300)
+
+
+def test_cfg_job_prints_3b_config_offline() -> None:
+    out = _cli("experiment=none", "encoder=siglip", "llm=qwen2.5", "--cfg", "job")
+    assert out.returncode == 0, out.stderr
+    assert "Qwen/Qwen2.5-3B-Instruct" in out.stdout and "siglip-base-patch16-256" in out.stdout
+
+
+def test_typo_names_valid_choices() -> None:
+    out = _cli("encoder=sigilp", "--cfg", "job")
+    assert out.returncode != 0
+    assert "sigilp" in out.stderr and "siglip" in out.stderr and "tiny2d" in out.stderr
