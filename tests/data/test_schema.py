@@ -44,53 +44,49 @@ def test_valid_file_becomes_samples(write_json):
     assert (d.images, d.images3d) == ((), ())
 
 
-@pytest.mark.parametrize(
-    ("record", "field", "expected"),
-    [
-        (
-            {"id": "s", "conversations": _turns("Q", "A", "A2")[:2][::-1]},
-            "conversations[0].from",
-            "expected 'human'",
-        ),
-        (
-            {"id": "s", "conversations": _turns("Q", "A", "Q2", "A2")[:1] * 2},
-            "conversations[1].from",
-            "expected 'gpt'",
-        ),
-        ({"id": "s", "conversations": _turns("Q", "  ")}, "conversations[1].value", "non-empty string"),
-        (
-            {"id": "s", "conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "A"}]},
-            "conversations[0].value",
-            "non-empty string",
-        ),
-        ({"id": "s", "conversations": []}, "conversations", "non-empty list"),
-        (
-            {"id": "s", "image": ["a.png"], "conversations": _turns("<image><image>Q", "A")},
-            "image",
-            "1 path(s) but 2 <image> placeholder(s)",
-        ),
-        (
-            {"id": "s", "image": [], "conversations": _turns("<image>Q", "A")},
-            "image",
-            "0 path(s) but 1 <image>",
-        ),
-        (
-            {"id": "s", "image3d": ["v.nii"], "conversations": _turns("Q", "A")},
-            "image3d",
-            "1 path(s) but 0 <image3d>",
-        ),
-        ({"id": "s", "image": [""], "conversations": _turns("<image>Q", "A")}, "image", "non-empty path"),
-        (
-            {"id": "s", "image": ["a.png"], "conversations": _turns("<image>Q", "A <image>")},
-            "conversations[1].value",
-            "only appear in human turns",
-        ),
-        ({"id": "s", "conversations": _turns("Q", "A", "Q2")}, "conversations", "last turn to be 'gpt'"),
-        ({"id": "s", "answer": 3, "conversations": _turns("Q", "A")}, "answer", "expected a string"),
-    ],
-)
+def human(value: object) -> dict:
+    return {"from": "human", "value": value}
+
+
+def gpt(value: object) -> dict:
+    return {"from": "gpt", "value": value}
+
+
+BAD = {  # name: (record with id "s", field named in the error, expected text)
+    "starts_with_gpt": (
+        {"conversations": [gpt("A"), human("Q")]},
+        "conversations[0].from",
+        "expected 'human'",
+    ),
+    "two_humans": ({"conversations": [human("Q"), human("Q")]}, "conversations[1].from", "expected 'gpt'"),
+    "blank_value": ({"conversations": _turns("Q", "  ")}, "conversations[1].value", "non-empty string"),
+    "int_value": ({"conversations": [human(3), gpt("A")]}, "conversations[0].value", "non-empty string"),
+    "no_turns": ({"conversations": []}, "conversations", "non-empty list"),
+    "too_few_paths": (
+        {"image": ["a.png"], "conversations": _turns("<image><image>Q", "A")},
+        "image",
+        "1 path(s) but 2 <image> placeholder(s) in the text; expected equal",
+    ),
+    "no_paths": ({"image": [], "conversations": _turns("<image>Q", "A")}, "image", "0 path(s) but 1 <image>"),
+    "volume_without_placeholder": (
+        {"image3d": ["v.nii"], "conversations": _turns("Q", "A")},
+        "image3d",
+        "1 path(s) but 0 <image3d>",
+    ),
+    "empty_path": ({"image": [""], "conversations": _turns("<image>Q", "A")}, "image", "non-empty path"),
+    "placeholder_in_answer": (
+        {"image": ["a.png"], "conversations": _turns("<image>Q", "A <image>")},
+        "conversations[1].value",
+        "only appear in human turns",
+    ),
+    "no_answer": ({"conversations": _turns("Q", "A", "Q2")}, "conversations", "last turn to be 'gpt'"),
+    "answer_not_text": ({"answer": 3, "conversations": _turns("Q", "A")}, "answer", "expected a string"),
+}
+
+
+@pytest.mark.parametrize(("record", "field", "expected"), list(BAD.values()), ids=list(BAD))
 def test_sample_errors_name_file_index_id_field(write_json, record, field, expected):
-    path = write_json([vqa("ok", "Q", "A"), record])
+    path = write_json([vqa("ok", "Q", "A"), {"id": "s", **record}])
     with pytest.raises(AnnotationError) as info:
         load_annotations(path)
     message = str(info.value)

@@ -109,5 +109,7 @@ def test_errors_name_the_problem():
         load_tokenizer(gguf_file="/nonexistent/nope.gguf")
     with pytest.raises(FileNotFoundError, match="nope.jinja"):
         read_chat_template("nope.jinja")
+    with pytest.raises(ValueError, match="neither Jinja text nor a .jinja file"):
+        read_chat_template("templates/chatml.txt")
     with pytest.raises(TypeError, match="chat_template_kwargs values"):
         load_tokenizer(gguf_file=gpt2, chat_template="phi2.jinja", chat_template_kwargs={"tools": [1]})

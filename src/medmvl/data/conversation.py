@@ -72,9 +72,8 @@ class ConversationEncoder:
                 )
             self.expand[ids[0]] = count
         vocab = tokenizer.get_vocab()
-        self.placeholder_ids = {vocab[t] for t in (IMAGE_TOKEN, IMAGE3D_TOKEN) if t in vocab} | set(
-            self.expand
-        )
+        known = {vocab[t] for t in (IMAGE_TOKEN, IMAGE3D_TOKEN) if t in vocab}
+        self.placeholder_ids = known | set(self.expand)  # ids that must never reach the text embedding
         self._placeholder_re = re.compile(
             "|".join(re.escape(t) for t in (IMAGE3D_TOKEN, IMAGE_TOKEN, *image_token_counts))
         )

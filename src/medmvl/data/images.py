@@ -59,7 +59,15 @@ def load_image(path: str | os.PathLike, *, frame: int = 0) -> np.ndarray:
         arr = _load_dicom(path, frame) if is_dicom(path) else _load_pil(path, frame)
     except ImageReadError:
         raise
-    except (OSError, ValueError, InvalidDicomError, UnidentifiedImageError, AttributeError) as err:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        InvalidDicomError,
+        UnidentifiedImageError,
+        AttributeError,
+    ) as err:
         raise ImageReadError(f"cannot read image {str(path)!r}: {type(err).__name__}: {err}") from err
     arr = np.nan_to_num(arr.astype(np.float32), nan=0.0)
     return np.clip(arr[..., None] if arr.ndim == 2 else arr, 0.0, 1.0)

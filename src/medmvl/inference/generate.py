@@ -174,7 +174,8 @@ class Generator:
             self.model.train(was_training)
         return answers
 
-    def answer(self, images: Sequence[str | os.PathLike] | str | os.PathLike | None, question: str,
-               **kwargs: Any) -> str:
+    def answer(
+        self, images: Sequence[str | os.PathLike] | str | os.PathLike | None, question: str, **kwargs: Any
+    ) -> str:
         """Answer one question about ``images`` (a path, a list of paths, or ``None``)."""
         return self.generate([(images, question)], **kwargs)[0]

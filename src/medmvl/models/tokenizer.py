@@ -106,8 +106,10 @@ def load_tokenizer(
 
 def read_chat_template(spec: str) -> str:
     """Return Jinja text from inline text, a path / ``pypi://`` reference, or a shipped template name."""
-    if "{" in spec or not spec.endswith(".jinja"):
+    if "{" in spec:
         return spec
+    if not spec.endswith(".jinja"):
+        raise ValueError(f"chat_template {spec!r} is neither Jinja text nor a .jinja file reference")
     if not spec.startswith(PYPI_PREFIX) and not Path(spec).expanduser().exists():
         shipped = TEMPLATE_DIR / spec
         if shipped.is_file():
@@ -173,10 +175,8 @@ def _bake_kwargs(template: str, kwargs: Mapping[str, Any]) -> str:
 def _jinja_literal(value: Any) -> str:
     if value is None or isinstance(value, bool):
         return {None: "none", True: "true", False: "false"}[value]
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return repr(value)
+    if isinstance(value, (int, float, str)):
+        return repr(value)  # Python literals of these types are Jinja literals too
     raise TypeError(f"chat_template_kwargs values must be str, int, float, bool or None, got {value!r}")
 
 

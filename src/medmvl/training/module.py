@@ -62,7 +62,9 @@ class MedVLMModule(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._t_batch = time.perf_counter()
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every sample of the batch was skipped (data.on_error=skip), already counted
+            return None
         out = self(batch)
         loss = out["loss"]
         if not torch.isfinite(loss):
@@ -73,13 +75,15 @@ class MedVLMModule(L.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bsz)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Mapping[str, Any], batch_idx: int) -> None:
+    def on_train_batch_end(self, outputs: Any, batch: Mapping[str, Any] | None, batch_idx: int) -> None:
         dt = time.perf_counter() - self._t_batch
-        if dt > 0:
+        if batch is not None and dt > 0:
             tokens = float(batch["attention_mask"].sum())
             self.log("train/tokens_per_s", tokens / dt, batch_size=batch["input_ids"].shape[0])
 
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def validation_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:
+            return None
         out = self(batch)
         self.log("val/loss", out["loss"], prog_bar=True, batch_size=batch["input_ids"].shape[0],
                  sync_dist=True)
