@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from medmvl.data.images import ImageReadError
 from medmvl.data.schema import Sample, Turn
 from medmvl.inference import Generator, as_sample, strip_images
 from medmvl.models.vlm import MedVLM
@@ -98,3 +99,8 @@ def test_placeholder_count_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="1 <image> placeholder.*2 image"):
         as_sample((["a.png", "b.png"], "<image> what is it?"), 3)
     assert as_sample(("a.png", "What?")).turns[0].text == "<image>\nWhat?"
+
+
+def test_missing_image_names_the_sample(generator: Generator, tmp_path: Path) -> None:
+    with pytest.raises(ImageReadError, match=r"sample 0 \(id '0'\): image file .*nope.png"):
+        generator.generate([(tmp_path / "nope.png", "What is it?")])

@@ -23,7 +23,7 @@ import torch
 
 from medmvl.data.collate import Collator
 from medmvl.data.conversation import ConversationEncoder
-from medmvl.data.images import ImageTransform, load_image
+from medmvl.data.images import ImageReadError, ImageTransform, load_image
 from medmvl.data.schema import IMAGE_TOKEN, Sample, Turn
 from medmvl.models.vlm import MedVLM
 
@@ -105,8 +105,13 @@ class Generator:
             root = Path(sample.source).parent if sample.source else Path(".")
         pixels = None
         if sample.images:
-            paths = [p if Path(p).is_absolute() else root / p for p in map(Path, sample.images)]
-            pixels = torch.stack([self.transform(load_image(p)) for p in paths])  # [k, c, h, w]
+            paths = [
+                p if p.is_absolute() else root / p for p in (Path(q).expanduser() for q in sample.images)
+            ]
+            try:
+                pixels = torch.stack([self.transform(load_image(p)) for p in paths])  # [k, c, h, w]
+            except ImageReadError as err:
+                raise ImageReadError(f"{sample.where()}: {err}") from err
         return {"id": sample.id, "input_ids": self.conversation.encode_prompt(sample), "pixel_values": pixels}
 
     def batch(self, prompts: Sequence[dict[str, Any]]) -> dict[str, Any]:

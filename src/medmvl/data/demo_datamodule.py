@@ -1,0 +1,48 @@
+"""The demo data as a LightningDataModule: ``prepare_data`` builds the real-scan set (once, cached)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from medmvl.data.datamodule import MedVLDataModule
+from medmvl.data.demo import build_demo_2d
+
+
+class DemoDataModule(MedVLDataModule):
+    """:class:`MedVLDataModule` over ``<root>/train.json`` and ``<root>/val.json`` built by ``build_demo_2d``.
+
+    Args:
+        root: build folder (``${paths.cache_dir}/demo_2d``); reused when it holds the same build.
+        seed, n_train, n_val, image_size: build parameters (see :func:`medmvl.data.demo.build_demo_2d`).
+        **kwargs: every other :class:`MedVLDataModule` argument (batch size, max length, built parts...).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        seed: int = 0,
+        n_train: int = 3000,
+        n_val: int = 400,
+        image_size: int = 128,
+        **kwargs: Any,
+    ) -> None:
+        self.root = Path(root)
+        self.build_args = {"seed": seed, "n_train": n_train, "n_val": n_val, "image_size": image_size}
+        super().__init__(
+            annotations=self.root / "train.json",
+            val_annotations=self.root / "val.json",
+            image_dir=self.root,
+            **kwargs,
+        )
+
+    def prepare_data(self) -> None:
+        """Build the demo set from the PyPI-shipped scans unless the same build is already there."""
+        build_demo_2d(self.root, **self.build_args)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not (self.root / "train.json").exists():
+            self.prepare_data()
+        super().setup(stage)
