@@ -21,8 +21,8 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check src tests train.py
-	$(BIN)/ruff format --check src tests train.py
+	$(BIN)/ruff check src tests train.py infer.py
+	$(BIN)/ruff format --check src tests train.py infer.py
 
 train: install
 	$(BIN)/python train.py $(ARGS)

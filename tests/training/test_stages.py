@@ -63,3 +63,29 @@ def test_cosine_warmup_shape() -> None:
     assert lrs[0] == pytest.approx(1 / 11) and max(lrs) == pytest.approx(1.0)
     assert lrs.index(max(lrs)) == 10 and lrs[-1] < 0.01
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_lora_trains_adapters_only_and_merges() -> None:
+    from medmvl.training.stages import merge_lora
+
+    torch.manual_seed(0)
+    model = Toy()
+    model.llm = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
+    x = torch.randn(2, 8)
+    before = model.llm(x)
+    stage = _stage("lora")
+    stage["llm"]["lora"]["target_modules"] = ["0", "2"]
+    groups = apply_stage(model, stage)
+    assert [g["name"] for g in groups] == ["connector", "llm"]
+    names = [n for n, p in model.llm.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    torch.testing.assert_close(model.llm(x), before)  # LoRA B starts at zero
+    with torch.no_grad():
+        for n, p in model.llm.named_parameters():
+            if "lora_B" in n:
+                p.fill_(0.01)
+    model.llm.eval()  # no LoRA dropout
+    adapted = model.llm(x)
+    merge_lora(model)
+    assert isinstance(model.llm, torch.nn.Sequential) and not any("lora" in n for n, _ in model.named_parameters())
+    torch.testing.assert_close(model.llm(x), adapted)

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from medmvl.data.schema import AnnotationError, Sample, raise_on_errors, validate_records
 from medmvl.inference.generate import Generator
-from medmvl.models.io import CONFIG_NAME, from_pretrained
+from medmvl.models.io import CONFIG_NAME, from_pretrained, load_prompt_settings
 from medmvl.models.vlm import MedVLM
 
 log = logging.getLogger("medmvl.infer")
@@ -142,8 +142,12 @@ def infer(cfg: DictConfig) -> str:
     if cfg.get("image") is not None and not single:
         raise ValueError("image=... needs question=...; for a file use data.annotations and data.image_dir")
     model = load_model(cfg)
+    trained = load_prompt_settings(resolve_model_dir(cfg.model))
     generator = Generator(
-        model, max_length=cfg.max_length, format=cfg.format, system_prompt=cfg.system_prompt
+        model,
+        max_length=cfg.max_length or trained.get("max_length") or 8192,
+        format=cfg.format or trained.get("format") or "chat",
+        system_prompt=cfg.system_prompt if cfg.system_prompt is not None else trained.get("system_prompt"),
     )
     if single:
         image = cfg.image

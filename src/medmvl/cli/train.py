@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from medmvl.models.build import build_model
 from medmvl.models.io import save_pretrained
 from medmvl.training.module import MedVLMModule
+from medmvl.training.stages import merge_lora
 
 log = logging.getLogger("medmvl.train")
 
@@ -57,7 +58,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_ckpt(cfg.get("ckpt_path"), output_dir))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("save_model") and trainer.is_global_zero and not trainer.fast_dev_run:
-        model_dir = save_pretrained(model, output_dir / "model")
+        hp = datamodule.hparams
+        prompt = {k: hp.get(k) for k in ("format", "system_prompt", "max_length")}
+        merge_lora(model)
+        model_dir = save_pretrained(model, output_dir / "model", prompt=prompt)
         log.info("saved model to %s", model_dir)
         metrics["model_dir"] = str(model_dir)
     if cfg.get("post_train") and trainer.is_global_zero and not trainer.fast_dev_run:

@@ -28,8 +28,15 @@ CONFIG_NAME = "medmvl_config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def save_pretrained(model: MedVLM, out_dir: str | Path) -> Path:
-    """Write ``model`` to ``out_dir`` (created); returns the folder."""
+def save_pretrained(model: MedVLM, out_dir: str | Path, *, prompt: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` to ``out_dir`` (created); returns the folder.
+
+    Args:
+        model: the model.
+        out_dir: target folder.
+        prompt: how prompts were built in training (``format``, ``system_prompt``, ``max_length``), so
+            inference builds the same ones by default (see :func:`load_prompt_settings`).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = {
@@ -38,6 +45,7 @@ def save_pretrained(model: MedVLM, out_dir: str | Path) -> Path:
         "connector": model.connector_config,
         "llm": export_llm_config(model.llm),
         "image_token_counts": model.image_token_counts,
+        "prompt": dict(prompt or {}),
     }
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=_jsonable))
     (out / "preprocessor.json").write_text(json.dumps(model.encoder.preprocess, indent=2, default=_jsonable))
@@ -63,6 +71,11 @@ def from_pretrained(path: str | Path, *, dtype: str = "float32", map_location: s
         raise RuntimeError(f"{folder / WEIGHTS_NAME} does not match the architecture in {CONFIG_NAME}: "
                            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     return model.to(getattr(torch, dtype)).eval()
+
+
+def load_prompt_settings(path: str | Path) -> dict[str, Any]:
+    """The prompt settings a saved model was trained with (empty for models saved without them)."""
+    return dict(json.loads((Path(path) / CONFIG_NAME).read_text()).get("prompt") or {})
 
 
 def _jsonable(obj: Any) -> Any:

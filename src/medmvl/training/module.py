@@ -45,6 +45,9 @@ class MedVLMModule(L.LightningModule):
         self._t_batch = 0.0
 
     def on_fit_start(self) -> None:
+        # trained modules in train mode (dropout on), frozen ones in eval mode; Lightning keeps these modes
+        for name, spec in self.stage.items():
+            getattr(self.model, name).train(spec.get("mode", "frozen") != "frozen")
         table, stats = trainable_table(self.model)
         log.info("trainable parameters per component\n%s", render(table))
         if self.logger is not None:

@@ -1,7 +1,9 @@
-"""Training stages as data: each top-level module of a MedVLM is ``frozen`` or ``full``, with its own LR.
+"""Training stages as data: each top-level module of a MedVLM is ``frozen``, ``full`` or ``lora``.
 
-A stage config is a mapping ``{module_name: {mode: frozen|full, lr: float|null, weight_decay: float|null}}``
-over ``encoder``, ``connector`` and ``llm``; ``pretrain``, ``finetune`` and friends are just YAML files.
+A stage config is a mapping ``{module_name: {mode, lr, weight_decay, lora}}`` over ``encoder``,
+``connector`` and ``llm``; ``pretrain``, ``finetune`` and ``lora`` are just YAML files. ``lora`` wraps the
+module with PEFT (``lora: {r, alpha, dropout, bias, target_modules}``; target modules default to every
+linear layer of the module) and trains only the adapters; :func:`merge_lora` folds them back in.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-MODES = ("frozen", "full")
+MODES = ("frozen", "full", "lora")
 MODULES = ("encoder", "connector", "llm")
 
 
@@ -40,7 +42,10 @@ def apply_stage(model: nn.Module, stage: Mapping[str, Mapping[str, Any]]) -> lis
             raise ValueError(f"stage.{name}.mode must be one of {MODES}, got {mode!r}")
         module: nn.Module = getattr(model, name)
         module.requires_grad_(mode == "full")
-        if mode == "full":
+        if mode == "lora":
+            module = _wrap_lora(module, name, dict(spec.get("lora") or {}))
+            setattr(model, name, module)
+        if mode != "frozen":
             group: dict[str, Any] = {"name": name, "params": [p for p in module.parameters() if p.requires_grad]}
             for key in ("lr", "weight_decay"):
                 if spec.get(key) is not None:
@@ -49,6 +54,33 @@ def apply_stage(model: nn.Module, stage: Mapping[str, Mapping[str, Any]]) -> lis
     if not groups:
         raise ValueError("the stage trains nothing: set at least one module's mode to 'full'")
     return groups
+
+
+def _wrap_lora(module: nn.Module, name: str, lora: dict[str, Any]) -> nn.Module:
+    """Wrap ``module`` in PEFT LoRA adapters (only the adapters are trainable)."""
+    from peft import LoraConfig, get_peft_model
+
+    unknown = set(lora) - {"r", "alpha", "dropout", "bias", "target_modules"}
+    if unknown:
+        raise ValueError(f"stage.{name}.lora has unknown keys {sorted(unknown)}")
+    config = LoraConfig(
+        r=int(lora.get("r", 16)),
+        lora_alpha=int(lora.get("alpha", 32)),
+        lora_dropout=float(lora.get("dropout", 0.0)),
+        bias=lora.get("bias", "none"),
+        target_modules=lora.get("target_modules") or "all-linear",
+    )
+    return get_peft_model(module, config)
+
+
+def merge_lora(model: nn.Module) -> None:
+    """Fold every PEFT LoRA adapter of ``model``'s components into its base weights, in place."""
+    from peft import PeftModel
+
+    for name in MODULES:
+        module = getattr(model, name)
+        if isinstance(module, PeftModel):
+            setattr(model, name, module.merge_and_unload())
 
 
 def trainable_table(model: nn.Module) -> tuple[Table, dict[str, dict[str, int]]]:
