@@ -1,0 +1,29 @@
+"""The demo data module builds the real-scan set in prepare_data and serves it like user data."""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+
+from tests.conftest import compose_train
+
+
+def test_demo_is_the_default_experiment(tmp_path) -> None:
+    cfg = compose_train([], output_dir=tmp_path)
+    assert cfg.data._target_.endswith("DemoDataModule") and cfg.llm.gguf_file.endswith(".gguf")
+    assert cfg.post_train._target_.endswith("demo_report") and cfg.stage.llm.mode == "lora"
+
+
+def test_prepare_data_builds_and_batches(tmp_path) -> None:
+    cfg = compose_train(["experiment=none", "data=demo_2d", f"data.root={tmp_path / 'demo'}", "data.n_train=24",
+                         "data.n_val=12", "data.image_size=32", "data.num_workers=0", "data.batch_size=4"],
+                        output_dir=tmp_path)
+    tokenizer = instantiate(cfg.llm.tokenizer)
+    image_config = {"image_size": (32, 32), "image_mean": (0.5,) * 3, "image_std": (0.5,) * 3, "channels": 3}
+    dm = instantiate(cfg.data)(tokenizer=tokenizer, image_token_counts={"<image>": 16}, image_config=image_config)
+    dm.prepare_data()
+    assert (tmp_path / "demo" / "train.json").exists() and (tmp_path / "demo" / "val.json").exists()
+    dm.setup("fit")
+    assert len(dm.train_set) == 24 and len(dm.val_set) == 12
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["pixel_values"].shape == (4, 3, 32, 32)
+    assert int((batch["input_ids"] == tokenizer.convert_tokens_to_ids("<image>")).sum()) == 4 * 16
