@@ -34,8 +34,9 @@ def _target_nodes(node: Any, path: str = "") -> Iterator[tuple[str, DictConfig]]
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_binds(group: str, option: str, tmp_path) -> None:
-    cfg = compose_train([f"{group}={option}"] + ([] if group == "experiment" else ["experiment=none"]),
-                        output_dir=tmp_path)
+    cfg = compose_train(
+        [f"{group}={option}"] + ([] if group == "experiment" else ["experiment=none"]), output_dir=tmp_path
+    )
     nodes = list(_target_nodes(cfg))
     assert nodes, "no _target_ node composed"
     for path, node in nodes:
@@ -45,8 +46,9 @@ def test_option_composes_and_binds(group: str, option: str, tmp_path) -> None:
         try:
             sig.bind_partial(**kwargs)
         except TypeError as err:
-            raise AssertionError(f"{group}={option}: {path} keys {sorted(kwargs)} do not fit {node._target_}"
-                                 f"{sig}: {err}") from None
+            raise AssertionError(
+                f"{group}={option}: {path} keys {sorted(kwargs)} do not fit {node._target_}{sig}: {err}"
+            ) from None
 
 
 def test_unknown_option_names_the_choices(tmp_path) -> None:

@@ -21,14 +21,16 @@ def write_colour_set(folder: Path, n: int = 8, name: str = "train.json") -> Path
         colour = list(COLOURS)[i % len(COLOURS)]
         pixels = np.clip(np.array(COLOURS[colour]) + rng.integers(-15, 15, (32, 32, 3)), 0, 255)
         Image.fromarray(pixels.astype(np.uint8)).save(folder / "imgs" / f"{i}.png")
-        records.append({
-            "id": f"c{i}",
-            "image": [f"{i}.png"],
-            "conversations": [
-                {"from": "human", "value": "<image>\nWhat colour is this?"},
-                {"from": "gpt", "value": f"It is {colour}."},
-            ],
-        })
+        records.append(
+            {
+                "id": f"c{i}",
+                "image": [f"{i}.png"],
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat colour is this?"},
+                    {"from": "gpt", "value": f"It is {colour}."},
+                ],
+            }
+        )
     path = folder / name
     path.write_text(json.dumps(records))
     return path
@@ -38,4 +40,8 @@ def write_colour_set(folder: Path, n: int = 8, name: str = "train.json") -> Path
 def colour_data(tmp_path: Path) -> list[str]:
     """Hydra overrides pointing ``data`` at the colour set (train and val)."""
     ann = write_colour_set(tmp_path / "data")
-    return [f"data.annotations={ann}", f"data.val_annotations={ann}", f"data.image_dir={tmp_path / 'data' / 'imgs'}"]
+    return [
+        f"data.annotations={ann}",
+        f"data.val_annotations={ann}",
+        f"data.image_dir={tmp_path / 'data' / 'imgs'}",
+    ]

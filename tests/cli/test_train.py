@@ -29,8 +29,16 @@ def test_fast_dev_run(tmp_path: Path, colour_data: list[str]) -> None:
 
 def test_saves_checkpoint_metrics_and_model(tmp_path: Path, colour_data: list[str]) -> None:
     run = tmp_path / "run"
-    cfg = compose_train(["experiment=none", "trainer.max_steps=3", "trainer.max_epochs=5", "trainer.log_every_n_steps=1", *colour_data],
-                        output_dir=run)
+    cfg = compose_train(
+        [
+            "experiment=none",
+            "trainer.max_steps=3",
+            "trainer.max_epochs=5",
+            "trainer.log_every_n_steps=1",
+            *colour_data,
+        ],
+        output_dir=run,
+    )
     metrics = train(cfg)
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert len(_losses(run)) == 3
@@ -41,9 +49,20 @@ def test_saves_checkpoint_metrics_and_model(tmp_path: Path, colour_data: list[st
 def test_overfits_eight_samples(tmp_path: Path, colour_data: list[str]) -> None:
     run = tmp_path / "run"
     cfg = compose_train(
-        ["experiment=none", "trainer.max_epochs=40", "trainer.log_every_n_steps=1", "data.batch_size=4",
-         "stage.llm.lr=3e-3", "stage.connector.lr=3e-3", "stage.encoder.mode=full", "stage.encoder.lr=1e-3",
-         "scheduler.warmup_ratio=0.05", "save_model=false", "callbacks.model_checkpoint=null", *colour_data],
+        [
+            "experiment=none",
+            "trainer.max_epochs=40",
+            "trainer.log_every_n_steps=1",
+            "data.batch_size=4",
+            "stage.llm.lr=3e-3",
+            "stage.connector.lr=3e-3",
+            "stage.encoder.mode=full",
+            "stage.encoder.lr=1e-3",
+            "scheduler.warmup_ratio=0.05",
+            "save_model=false",
+            "callbacks.model_checkpoint=null",
+            *colour_data,
+        ],
         output_dir=run,
     )
     train(cfg)
@@ -54,8 +73,14 @@ def test_overfits_eight_samples(tmp_path: Path, colour_data: list[str]) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_cfg_job_prints_3b_config_offline() -> None:

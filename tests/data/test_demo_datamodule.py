@@ -14,12 +14,24 @@ def test_demo_is_the_default_experiment(tmp_path) -> None:
 
 
 def test_prepare_data_builds_and_batches(tmp_path) -> None:
-    cfg = compose_train(["experiment=none", "data=demo_2d", f"data.root={tmp_path / 'demo'}", "data.n_train=24",
-                         "data.n_val=12", "data.image_size=32", "data.num_workers=0", "data.batch_size=4"],
-                        output_dir=tmp_path)
+    cfg = compose_train(
+        [
+            "experiment=none",
+            "data=demo_2d",
+            f"data.root={tmp_path / 'demo'}",
+            "data.n_train=24",
+            "data.n_val=12",
+            "data.image_size=32",
+            "data.num_workers=0",
+            "data.batch_size=4",
+        ],
+        output_dir=tmp_path,
+    )
     tokenizer = instantiate(cfg.llm.tokenizer)
     image_config = {"image_size": (32, 32), "image_mean": (0.5,) * 3, "image_std": (0.5,) * 3, "channels": 3}
-    dm = instantiate(cfg.data)(tokenizer=tokenizer, image_token_counts={"<image>": 16}, image_config=image_config)
+    dm = instantiate(cfg.data)(
+        tokenizer=tokenizer, image_token_counts={"<image>": 16}, image_config=image_config
+    )
     dm.prepare_data()
     assert (tmp_path / "demo" / "train.json").exists() and (tmp_path / "demo" / "val.json").exists()
     dm.setup("fit")

@@ -9,8 +9,14 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 from medmvl.models.encoders.clip import ClipEncoder
 from medmvl.models.encoders.siglip import SiglipEncoder
 
-TINY = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-            num_attention_heads=4)
+TINY = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+)
 
 
 @pytest.mark.parametrize("cls", [ClipEncoder, SiglipEncoder])
@@ -48,4 +54,6 @@ def test_local_folder_weights_and_processor(tmp_path) -> None:
     assert enc.preprocess["image_mean"] == pytest.approx((0.1, 0.2, 0.3))
     assert enc.preprocess["image_std"] == pytest.approx((0.9, 0.8, 0.7))
     x = torch.randn(1, 3, 32, 32)
-    torch.testing.assert_close(enc(x), ref(pixel_values=x, output_hidden_states=True).hidden_states[-1][:, 1:])
+    torch.testing.assert_close(
+        enc(x), ref(pixel_values=x, output_hidden_states=True).hidden_states[-1][:, 1:]
+    )

@@ -26,11 +26,15 @@ def test_offline_load_answers_with_its_chat_template(smollm2: LanguageModel) -> 
     tok, model = smollm2.tokenizer, smollm2.model
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
     assert tok.eos_token == "<|im_end|>" and tok.convert_tokens_to_ids("<image>") is not None
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                     add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     assert tok.decode(prompt["input_ids"][0]).startswith("<|im_start|>system\n")
     out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
-    answer = tok.decode(out[0, prompt["input_ids"].shape[1]:])
+    answer = tok.decode(out[0, prompt["input_ids"].shape[1] :])
     assert "Paris" in answer and answer.endswith("<|im_end|>")
 
 
@@ -38,8 +42,14 @@ def test_real_weights_learn_in_a_few_steps(smollm2: LanguageModel) -> None:
     L.seed_everything(0)
     cfg = compose_train(["experiment=none", "connector.input_norm=true", "connector.init_std=0.02"])
     model = MedVLM(encoder=instantiate(cfg.encoder), connector=instantiate(cfg.connector), llm=smollm2)
-    groups = apply_stage(model, {"encoder": {"mode": "full", "lr": 1e-3}, "connector": {"mode": "full", "lr": 1e-3},
-                                 "llm": {"mode": "lora", "lr": 1e-3, "lora": {"r": 8, "alpha": 16}}})
+    groups = apply_stage(
+        model,
+        {
+            "encoder": {"mode": "full", "lr": 1e-3},
+            "connector": {"mode": "full", "lr": 1e-3},
+            "llm": {"mode": "lora", "lr": 1e-3, "lora": {"r": 8, "alpha": 16}},
+        },
+    )
     enc = ConversationEncoder(model.tokenizer, image_token_counts=model.image_token_counts, max_length=128)
     answers = ["It is red.", "It is green.", "It is blue.", "It is yellow."]
     turns = [(Turn("human", "<image>\nWhat colour is this?"), Turn("gpt", a)) for a in answers]
@@ -50,7 +60,9 @@ def test_real_weights_learn_in_a_few_steps(smollm2: LanguageModel) -> None:
     opt = torch.optim.AdamW(groups)
     losses = []
     for _ in range(6):
-        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, pixel_values=pixels)["loss"]
+        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, pixel_values=pixels)[
+            "loss"
+        ]
         opt.zero_grad()
         loss.backward()
         opt.step()

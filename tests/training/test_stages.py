@@ -87,5 +87,7 @@ def test_lora_trains_adapters_only_and_merges() -> None:
     model.llm.eval()  # no LoRA dropout
     adapted = model.llm(x)
     merge_lora(model)
-    assert isinstance(model.llm, torch.nn.Sequential) and not any("lora" in n for n, _ in model.named_parameters())
+    assert isinstance(model.llm, torch.nn.Sequential) and not any(
+        "lora" in n for n, _ in model.named_parameters()
+    )
     torch.testing.assert_close(model.llm(x), adapted)

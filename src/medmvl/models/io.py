@@ -68,8 +68,10 @@ def from_pretrained(path: str | Path, *, dtype: str = "float32", map_location: s
     model = MedVLM(encoder=encoder, connector=connector, llm=llm)
     missing, unexpected = load_model(model, str(folder / WEIGHTS_NAME), strict=False, device=map_location)
     if missing or unexpected:
-        raise RuntimeError(f"{folder / WEIGHTS_NAME} does not match the architecture in {CONFIG_NAME}: "
-                           f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        raise RuntimeError(
+            f"{folder / WEIGHTS_NAME} does not match the architecture in {CONFIG_NAME}: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
     return model.to(getattr(torch, dtype)).eval()
 
 

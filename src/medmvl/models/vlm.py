@@ -30,7 +30,9 @@ class MedVLM(nn.Module):
         llm: built language model and tokenizer.
     """
 
-    def __init__(self, encoder: VisionEncoder, connector: Callable[..., nn.Module], llm: LanguageModel) -> None:
+    def __init__(
+        self, encoder: VisionEncoder, connector: Callable[..., nn.Module], llm: LanguageModel
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         extra = encoder.num_tokens - _prod(encoder.grid)
@@ -43,7 +45,9 @@ class MedVLM(nn.Module):
         self.tokenizer = llm.tokenizer
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         if self.image_token_id is None or self.image_token_id == self.tokenizer.unk_token_id:
-            raise ValueError(f"tokenizer has no {IMAGE_TOKEN} token: build it with load_tokenizer(image_tokens=...)")
+            raise ValueError(
+                f"tokenizer has no {IMAGE_TOKEN} token: build it with load_tokenizer(image_tokens=...)"
+            )
 
     @property
     def image_token_counts(self) -> dict[str, int]:

@@ -71,8 +71,10 @@ class MedVLMModule(L.LightningModule):
         out = self(batch)
         loss = out["loss"]
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} on batch {batch_idx}, "
-                                     f"sample ids {list(batch.get('ids', []))}")
+            raise FloatingPointError(
+                f"non-finite training loss {loss.item()} on batch {batch_idx}, "
+                f"sample ids {list(batch.get('ids', []))}"
+            )
         bsz = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bsz)
@@ -88,8 +90,9 @@ class MedVLMModule(L.LightningModule):
         if batch is None:
             return None
         out = self(batch)
-        self.log("val/loss", out["loss"], prog_bar=True, batch_size=batch["input_ids"].shape[0],
-                 sync_dist=True)
+        self.log(
+            "val/loss", out["loss"], prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True
+        )
         return out["loss"]
 
     def configure_optimizers(self) -> Any:

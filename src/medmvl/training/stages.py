@@ -46,7 +46,10 @@ def apply_stage(model: nn.Module, stage: Mapping[str, Mapping[str, Any]]) -> lis
             module = _wrap_lora(module, name, dict(spec.get("lora") or {}))
             setattr(model, name, module)
         if mode != "frozen":
-            group: dict[str, Any] = {"name": name, "params": [p for p in module.parameters() if p.requires_grad]}
+            group: dict[str, Any] = {
+                "name": name,
+                "params": [p for p in module.parameters() if p.requires_grad],
+            }
             for key in ("lr", "weight_decay"):
                 if spec.get(key) is not None:
                     group[key] = float(spec[key])

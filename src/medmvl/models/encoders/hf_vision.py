@@ -61,7 +61,10 @@ class HfVisionEncoder(VisionEncoder):
             self.model.to(getattr(torch, dtype))
         else:
             self.model = self.model_class.from_pretrained(
-                name_or_path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation, **overrides
+                name_or_path,
+                dtype=getattr(torch, dtype),
+                attn_implementation=attn_implementation,
+                **overrides,
             )
         vcfg = self.model.config
         mean, std = self._processor_stats(name_or_path)
@@ -87,8 +90,12 @@ class HfVisionEncoder(VisionEncoder):
             proc = AutoImageProcessor.from_pretrained(name_or_path)
             return tuple(proc.image_mean), tuple(proc.image_std)
         except (OSError, ValueError) as err:
-            log.warning("no image processor config for %s (%s): using %s defaults", name_or_path, err,
-                        type(self).__name__)
+            log.warning(
+                "no image processor config for %s (%s): using %s defaults",
+                name_or_path,
+                err,
+                type(self).__name__,
+            )
             return self.default_mean, self.default_std
 
     @property
