@@ -52,7 +52,37 @@ def _add_build_demo(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_build_demo)
 
 
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_build_demo,)
+def _check(args: argparse.Namespace) -> int:
+    from medmvl.data.schema import AnnotationError, check_annotations
+
+    status = 0
+    for path in args.annotations:
+        try:
+            problems = check_annotations(path, require_answer=not args.inference)
+        except AnnotationError as err:
+            print(f"error: {err}")
+            status = 1
+            continue
+        errors = sum(p.severity == "error" for p in problems)
+        for problem in problems:
+            print(f"{problem.severity}: {problem}")
+        print(f"{path}: {errors} error(s), {len(problems) - errors} warning(s)")
+        status = status or int(errors > 0)
+    return status
+
+
+def _add_check(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "check", help="report every problem of annotation files at once (exit 1 if any error)"
+    )
+    p.add_argument("annotations", nargs="+", help="MedM-VL / LLaVA annotation JSON files")
+    p.add_argument(
+        "--inference", action="store_true", help="files without the final gpt turn (inference input)"
+    )
+    p.set_defaults(func=_check)
+
+
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_build_demo, _add_check)
 
 
 def build_parser() -> argparse.ArgumentParser:

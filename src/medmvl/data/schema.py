@@ -20,7 +20,21 @@ from typing import Any, Literal
 
 IMAGE_TOKEN = "<image>"
 IMAGE3D_TOKEN = "<image3d>"
+# the sample keys medmvl reads, plus metadata keys common in MedM-VL / LLaVA-Med / demo files (kept, unused)
 KNOWN_KEYS = frozenset({"id", "conversations", "image", "image3d", "answer"})
+METADATA_KEYS = frozenset(
+    {
+        "question_type",
+        "answer_type",
+        "choices",
+        "dataset",
+        "source",
+        "source_index",
+        "flipped",
+        "modality",
+        "metadata",
+    }
+)
 Role = Literal["human", "gpt"]
 
 
@@ -133,7 +147,7 @@ def parse_sample(
         check.id = str(sid)
     else:
         check.error("id", f"expected a non-empty string or integer, got {sid!r}", "id")
-    for key in sorted(set(raw) - KNOWN_KEYS):
+    for key in sorted(set(raw) - KNOWN_KEYS - METADATA_KEYS):
         check.warn(key, f"unknown key (known: {sorted(KNOWN_KEYS)}); ignored", "unknown_key")
     turns = _turns(raw.get("conversations"), check, require_answer)
     images = _paths(raw, "image", check)
