@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test lint train bench clean
+.PHONY: install test lint train clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,6 @@ lint: install
 
 train: install
 	$(BIN)/python train.py $(ARGS)
-
-bench: install
-	$(BIN)/python -m experiments.bench.run $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache
