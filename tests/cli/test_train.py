@@ -93,3 +93,17 @@ def test_typo_names_valid_choices() -> None:
     out = _cli("encoder=sigilp", "--cfg", "job")
     assert out.returncode != 0
     assert "sigilp" in out.stderr and "siglip" in out.stderr and "tiny2d" in out.stderr
+
+
+def test_ckpt_path_last_resumes_the_run_folder(tmp_path: Path, colour_data: list[str]) -> None:
+    run = tmp_path / "run"
+    base = ["experiment=none", "trainer.max_epochs=5", "trainer.log_every_n_steps=1", "save_model=false"]
+    train(compose_train([*base, "trainer.max_steps=2", *colour_data], output_dir=run))
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    metrics = train(
+        compose_train([*base, "trainer.max_steps=4", "ckpt_path=last", *colour_data], output_dir=run)
+    )
+    assert "train/loss" in metrics
+    steps = [int(r["step"]) for r in csv.DictReader(open(run / "csv" / "metrics.csv")) if r.get("train/loss")]
+    # the resumed run did only the 2 missing optimizer steps, after step 2 (the CSV holds this run's rows)
+    assert len(steps) == 2 and min(steps) > 2

@@ -31,7 +31,15 @@ def _resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
     if ckpt_path != "last":
         return ckpt_path
     last = output_dir / "checkpoints" / "last.ckpt"
-    return str(last) if last.exists() else None
+    if not last.exists():
+        log.warning(
+            "ckpt_path=last but %s does not exist: starting from scratch (resume a run by giving its "
+            "folder: hydra.run.dir=<run folder> ckpt_path=last)",
+            last,
+        )
+        return None
+    log.info("resuming from %s", last)
+    return str(last)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
