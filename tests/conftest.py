@@ -8,6 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -18,6 +20,14 @@ from omegaconf import DictConfig, open_dict  # noqa: E402
 import medmvl  # noqa: E402
 
 CONF_DIR = Path(medmvl.__file__).parent / "conf"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_entry(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run a root entry point (``train.py``, ``infer.py``) in a fresh process, offline, from the repo root."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(ROOT / script), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
 
 
 def compose_train(overrides: list[str] | None = None, output_dir: Path | None = None) -> DictConfig:

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from medmvl.cli.train import train
 from medmvl.models.io import from_pretrained
-from tests.conftest import compose_train
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import compose_train, run_entry
 
 
 def _losses(run_dir: Path) -> list[float]:
@@ -42,6 +37,10 @@ def test_saves_checkpoint_metrics_and_model(tmp_path: Path, colour_data: list[st
     metrics = train(cfg)
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert len(_losses(run)) == 3
+    with open(run / "csv" / "metrics.csv") as f:
+        columns = next(csv.reader(f))
+    assert {"train/lr/connector", "train/lr/llm", "train/tokens_per_s"} <= set(columns)
+    assert "train/lr/encoder" not in columns  # frozen in stage=finetune
     model = from_pretrained(metrics["model_dir"])
     assert model.image_token_counts == {"<image>": 16}
 
@@ -71,26 +70,14 @@ def test_overfits_eight_samples(tmp_path: Path, colour_data: list[str]) -> None:
     assert last <= 0.2 * first, f"loss fell only from {first:.3f} to {last:.3f}"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=300,
-    )
-
-
 def test_cfg_job_prints_3b_config_offline() -> None:
-    out = _cli("experiment=none", "encoder=siglip", "llm=qwen2.5", "--cfg", "job")
+    out = run_entry("train.py", "experiment=none", "encoder=siglip", "llm=qwen2.5", "--cfg", "job")
     assert out.returncode == 0, out.stderr
     assert "Qwen/Qwen2.5-3B-Instruct" in out.stdout and "siglip-base-patch16-256" in out.stdout
 
 
 def test_typo_names_valid_choices() -> None:
-    out = _cli("encoder=sigilp", "--cfg", "job")
+    out = run_entry("train.py", "encoder=sigilp", "--cfg", "job")
     assert out.returncode != 0
     assert "sigilp" in out.stderr and "siglip" in out.stderr and "tiny2d" in out.stderr
 

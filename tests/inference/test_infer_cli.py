@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,10 +13,8 @@ from omegaconf import DictConfig
 from medmvl.cli.infer import infer, resolve_model_dir
 from medmvl.inference import Generator
 from medmvl.models.vlm import MedVLM
-from tests.conftest import CONF_DIR
+from tests.conftest import CONF_DIR, run_entry
 from tests.inference.conftest import record, write_records
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def compose_infer(overrides: list[str]) -> DictConfig:
@@ -32,7 +27,6 @@ def test_one_question_prints_the_answer(
     saved_model: Path, talkative_model: MedVLM, image_dir: Path, tmp_path: Path
 ) -> None:
     question = "Is the liver visible?"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     args = [
         f"model={saved_model}",
         f"image={image_dir / '0.png'}",
@@ -40,14 +34,7 @@ def test_one_question_prints_the_answer(
         "max_new_tokens=5",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "infer.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=300,
-    )
+    out = run_entry("infer.py", *args)
     assert out.returncode == 0, out.stderr
     expected = Generator(talkative_model).answer(image_dir / "0.png", question, max_new_tokens=5)
     assert expected and out.stdout.splitlines()[-1] == expected

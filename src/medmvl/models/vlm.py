@@ -7,6 +7,7 @@ whose id is the image token), never by position, with a loud error when counts d
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -14,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medmvl.data.conversation import IGNORE_INDEX
+from medmvl.data.schema import IMAGE_TOKEN
 from medmvl.models.encoders.base import VisionEncoder
 from medmvl.models.llm import LanguageModel
-
-IGNORE_INDEX = -100
-IMAGE_TOKEN = "<image>"
 
 
 class MedVLM(nn.Module):
@@ -35,7 +35,7 @@ class MedVLM(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = encoder
-        extra = encoder.num_tokens - _prod(encoder.grid)
+        extra = encoder.num_tokens - math.prod(encoder.grid)
         kwargs: dict[str, Any] = {"in_dim": encoder.out_dim, "out_dim": llm.hidden_size, "grid": encoder.grid}
         if extra:
             kwargs["extra_tokens"] = extra
@@ -120,13 +120,6 @@ class MedVLM(nn.Module):
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         generate_kwargs.setdefault("eos_token_id", self.tokenizer.eos_token_id)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
-
-
-def _prod(xs: tuple[int, ...]) -> int:
-    out = 1
-    for x in xs:
-        out *= x
-    return out
 
 
 def _partial_config(connector: Callable[..., nn.Module]) -> dict[str, Any]:

@@ -77,7 +77,6 @@ class MedVLMModule(L.LightningModule):
             )
         bsz = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bsz)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Mapping[str, Any] | None, batch_idx: int) -> None:
@@ -101,4 +100,7 @@ class MedVLMModule(L.LightningModule):
             return optimizer
         steps = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(optimizer, num_training_steps=steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
+        }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -28,10 +29,7 @@ class VisionEncoder(nn.Module):
     @property
     def num_tokens(self) -> int:
         """Tokens per input after feature selection."""
-        n = 1
-        for g in self.grid:
-            n *= g
-        return n
+        return math.prod(self.grid)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         """``[b, c, h, w]`` or ``[b, c, d, h, w]`` -> ``[b, n, d_enc]``."""
