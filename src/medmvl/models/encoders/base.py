@@ -18,7 +18,9 @@ class VisionEncoder(nn.Module):
         grid: the token grid, e.g. ``(16, 16)`` or ``(8, 16, 16)``; ``prod(grid)`` tokens per input
             (one more in front with ``select_feature="cls_patch"``).
         preprocess: what the data pipeline must produce: ``image_size`` (tuple), ``image_mean``,
-            ``image_std`` (per channel), ``channels``.
+            ``image_std`` (per channel), ``channels``. 3D encoders give ``volume_size`` ``(d, h, w)``
+            instead of (or, slice-wise, besides) ``image_size``, and ``hu_window`` ``(low, high)``: the
+            Hounsfield window mapped to [0, 1] before normalisation (``None``: not CT).
     """
 
     out_dim: int

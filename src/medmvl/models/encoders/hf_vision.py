@@ -9,6 +9,7 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
 from medmvl.models.encoders.base import VisionEncoder
+from medmvl.models.safe_weights import safetensors_only
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class HfVisionEncoder(VisionEncoder):
                 name_or_path,
                 dtype=getattr(torch, dtype),
                 attn_implementation=attn_implementation,
+                **safetensors_only(name_or_path),
                 **overrides,
             )
         vcfg = self.model.config
