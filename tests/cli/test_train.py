@@ -92,5 +92,5 @@ def test_ckpt_path_last_resumes_the_run_folder(tmp_path: Path, colour_data: list
     )
     assert "train/loss" in metrics
     steps = [int(r["step"]) for r in csv.DictReader(open(run / "csv" / "metrics.csv")) if r.get("train/loss")]
-    # the resumed run did only the 2 missing optimizer steps, after step 2 (the CSV holds this run's rows)
-    assert len(steps) == 2 and min(steps) > 2
+    # the resumed run did only the 2 missing optimizer steps and appended them to the first run's rows
+    assert len(steps) == 4 and steps[:2] == [0, 1] and steps == sorted(set(steps))

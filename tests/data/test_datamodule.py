@@ -9,11 +9,11 @@ import pytest
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
-from torch.utils.data import RandomSampler, SequentialSampler
 from torchvision.transforms import v2
 
 import medmvl
 from medmvl.data.datamodule import MedVLDataModule
+from medmvl.data.sampler import ModalityBatchSampler
 from tests.data.conftest import vqa, write_png
 
 NODE = Path(medmvl.__file__).parent / "conf" / "data" / "llava_2d.yaml"
@@ -43,7 +43,8 @@ def test_node_keys_are_constructor_arguments():
     bound = inspect.signature(MedVLDataModule).bind_partial(**values)
     params = inspect.signature(MedVLDataModule).parameters
     missing = set(params) - set(bound.arguments)
-    assert missing == {"tokenizer", "image_token_counts", "image_config"}  # completed by the training CLI
+    # completed by the training CLI from the built model
+    assert missing == {"tokenizer", "image_token_counts", "image_config", "volume_config"}
 
 
 def test_hydra_partial_completed_with_built_parts(files, qwen):
@@ -62,11 +63,13 @@ def test_loaders_shuffle_train_only_and_validate_in_order(files, qwen):
     train, val, imgs = files
     dm = MedVLDataModule(train, val, imgs, batch_size=2, val_batch_size=8, **built_parts(qwen))
     dm.setup("fit")
-    assert isinstance(dm.train_dataloader().sampler, RandomSampler)
+    assert dm.train_dataloader().sampler.shuffle  # one modality: the resumable loader
     loader = dm.val_dataloader()
-    assert isinstance(loader.sampler, SequentialSampler) and not loader.pin_memory
-    (batch,) = list(loader)
-    assert batch["ids"] == ["v0", "v1"] and batch["pixel_values"].shape == (1, 3, 16, 16)
+    assert isinstance(loader.sampler, ModalityBatchSampler) and not loader.sampler.shuffle
+    assert not loader.pin_memory
+    text, image = list(loader)  # one modality per batch (text-only first), file order within each
+    assert text["ids"] == ["v1"] and text["pixel_values"] is None
+    assert image["ids"] == ["v0"] and image["pixel_values"].shape == (1, 3, 16, 16)
     no_val = MedVLDataModule(train, image_dir=imgs, **built_parts(qwen))
     assert no_val.val_dataloader() == []
 

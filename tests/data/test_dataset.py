@@ -106,14 +106,16 @@ def test_unreadable_image_at_getitem(tmp_path, write_json, encoder, records, cap
     (tmp_path / "imgs" / "a.png").write_bytes(b"not a png")
     path = write_json(records)
     strict = make(path, encoder, image_dir=tmp_path / "imgs")
-    with pytest.raises(ImageReadError, match=r"sample 0 \(id 'one'\): cannot read image .*a.png"):
+    with pytest.raises(
+        ImageReadError, match=r"sample 0 \(id 'one'\), field 'image\[0\]': cannot read image .*a.png"
+    ):
         strict[0]
     lenient = make(path, encoder, image_dir=tmp_path / "imgs", on_error="skip")
     with caplog.at_level(logging.WARNING, logger="medmvl.data"):
         assert lenient[0] is None
     assert lenient.read_failures == 1 and "skipping" in caplog.text
     batch = Collator(0)([lenient[0], lenient[2]])
-    assert batch["ids"] == ["text"]
+    assert batch["ids"] == ["text"] and batch["skipped"] == 1
 
 
 def test_collator_pads_and_concatenates_images(tmp_path, write_json, encoder, records, qwen):
@@ -144,6 +146,6 @@ def test_collator_left_padding_and_edge_cases(tmp_path, write_json, encoder, rec
     assert torch.equal(batch["input_ids"][0, pad:], short["input_ids"])
     assert batch["attention_mask"][0].tolist() == [0] * pad + [1] * len(short["input_ids"])
     assert Collator(0)([short])["pixel_values"] is None
-    assert Collator(0)([None, None]) is None
+    assert Collator(0)([None, None]) == {"skipped": 2}
     with pytest.raises(ValueError, match="padding_side"):
         Collator(0, padding_side="middle")

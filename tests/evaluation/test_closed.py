@@ -18,9 +18,13 @@ from medmvl.evaluation.closed import (
     ("text", "expected"),
     [
         ("Yes.", "yes"),
-        ("  The Liver. ", "the liver"),
+        ("  The Liver. ", "liver"),  # articles are dropped
         ("X-ray", "x ray"),
         ("yes,  it is!", "yes it is"),
+        ("An X-ray of the chest", "x ray of chest"),
+        ("A", "a"),  # an answer of articles only is kept (option "A")
+        ("the a", "the a"),
+        ("theatre, Another", "theatre another"),  # whole words only
         ("", ""),
     ],
 )
@@ -44,7 +48,8 @@ def test_normalise(text: str, expected: str) -> None:
         ("It is on the patient's right", "right", ["left", "right"], True),
         ("CT scan", "CT", ["MRI", "CT"], True),
         ("an x-ray", "X-ray", ["X-ray", "CT"], True),
-        ("the liver", "liver", None, False),  # no choices, not yes/no: normalised equality only
+        ("the liver", "liver", None, True),  # no choices, not yes/no: normalised equality (articles dropped)
+        ("liver tissue", "liver", None, False),
         ("Liver!", "liver", None, True),
     ],
 )

@@ -1,4 +1,5 @@
-"""A tiny MedVLM whose greedy answers depend on the prompt, saved once; small PNGs and VQA files.
+"""Tiny MedVLMs (2D, and 2D + 3D towers) whose greedy answers depend on the prompt, saved once; small PNGs,
+volumes and VQA files.
 
 The tiny model of ``conf/`` ties its LM head to the input embeddings, so with random weights it repeats
 the prompt's last token ("\\n") and every answer decodes to "". An untied random head makes answers
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -27,13 +29,42 @@ from tests.conftest import compose_train
 def talkative_model() -> MedVLM:
     """The tiny stack (tiny2d + mlp + tiny Qwen2 with the real tokenizer) with an untied random LM head."""
     L.seed_everything(0)
-    model = build_model(compose_train(["experiment=none"])).eval()
+    return _untie_head(build_model(compose_train(["experiment=none"])).eval())
+
+
+def _untie_head(model: MedVLM) -> MedVLM:
     head = model.llm.get_output_embeddings()
     model.llm.config.tie_word_embeddings = False
     head.weight = torch.nn.Parameter(
         torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(1))
     )
     return model
+
+
+@pytest.fixture(scope="session")
+def talkative_model_3d() -> MedVLM:
+    """tiny2d + a tiny3d tower (``encoder3d``, 16x32x32 volumes, 64 tokens) + tiny LLM, untied head."""
+    L.seed_everything(0)
+    cfg = compose_train(["experiment=none", "encoder3d=tiny3d", "connector3d=mlp"])
+    return _untie_head(build_model(cfg).eval())
+
+
+@pytest.fixture(scope="session")
+def saved_model_3d(talkative_model_3d: MedVLM, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``talkative_model_3d`` written with ``save_pretrained``."""
+    return save_pretrained(talkative_model_3d, tmp_path_factory.mktemp("saved3d") / "model")
+
+
+@pytest.fixture(scope="session")
+def volume_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random 8-bit volumes ``0.npy`` [20, 24, 28], ``1.npy`` [12, 16, 16] and ``2.nii.gz`` [24, 20, 18]."""
+    folder = tmp_path_factory.mktemp("volumes")
+    rng = np.random.default_rng(0)
+    np.save(folder / "0.npy", rng.integers(0, 256, (20, 24, 28), dtype=np.uint8))
+    np.save(folder / "1.npy", rng.integers(0, 256, (12, 16, 16), dtype=np.uint8))
+    hu = rng.integers(-1000, 1000, (24, 20, 18)).astype(np.int16)
+    nib.save(nib.Nifti1Image(hu, np.diag([1.5, 1.5, 3.0, 1.0])), folder / "2.nii.gz")
+    return folder
 
 
 @pytest.fixture(scope="session")

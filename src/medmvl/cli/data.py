@@ -1,7 +1,8 @@
 """``medmvl-data``: dataset chores from the shell, one argparse subcommand each.
 
 ``medmvl-data build-demo`` builds (or reuses) the real-scan 2D demo VQA set and prints its folder (first
-line, for scripts) and the sample counts per question type and answer. Further subcommands (e.g.
+line, for scripts) and the sample counts per question type and answer; ``build-demo-3d`` does the same
+for the real-CT 3D demo set (``medmvl.data.demo3d``). Further subcommands (e.g.
 ``check``) add a ``_add_<name>(subparsers)`` function that registers a parser with ``func=`` and list it
 in ``SUBCOMMANDS``.
 """
@@ -53,16 +54,21 @@ def _add_build_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from medmvl.data.schema import AnnotationError, check_annotations
+    from medmvl.data.media import check_media
+    from medmvl.data.schema import AnnotationError, read_annotations
 
     status = 0
     for path in args.annotations:
         try:
-            problems = check_annotations(path, require_answer=not args.inference)
+            samples, problems = read_annotations(path, require_answer=not args.inference)
         except AnnotationError as err:
             print(f"error: {err}")
             status = 1
             continue
+        if args.images:
+            image_dir = args.image_dir or Path(path).parent
+            found = check_media(samples, image_dir=image_dir, image3d_dir=args.image3d_dir or image_dir)
+            problems = sorted([*problems, *found], key=lambda p: -1 if p.index is None else p.index)
         errors = sum(p.severity == "error" for p in problems)
         for problem in problems:
             print(f"{problem.severity}: {problem}")
@@ -73,16 +79,81 @@ def _check(args: argparse.Namespace) -> int:
 
 def _add_check(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "check", help="report every problem of annotation files at once (exit 1 if any error)"
+        "check",
+        help="report every problem of annotation files at once (exit 1 if any error)",
+        description="Report every problem of annotation files at once: JSON, schema, roles, placeholder "
+        "counts, duplicate ids, text encoding, and with --images every image/volume path (inside its "
+        "folder, present, decodable, finite). Token length is checked when training builds the dataset.",
     )
     p.add_argument("annotations", nargs="+", help="MedM-VL / LLaVA annotation JSON files")
     p.add_argument(
         "--inference", action="store_true", help="files without the final gpt turn (inference input)"
     )
+    p.add_argument(
+        "--images", action="store_true", help="also resolve and decode every image and volume file"
+    )
+    p.add_argument(
+        "--image-dir", type=Path, default=None, help="folder of relative image paths (default: the file's)"
+    )
+    p.add_argument(
+        "--image3d-dir",
+        type=Path,
+        default=None,
+        help="folder of relative image3d paths (default: --image-dir)",
+    )
     p.set_defaults(func=_check)
 
 
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_build_demo, _add_check)
+def _build_demo_3d(args: argparse.Namespace) -> int:
+    from medmvl.data.demo3d import build_demo_3d
+
+    folder = build_demo_3d(
+        args.out,
+        seed=args.seed,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        depth=args.depth,
+        volume_size=args.volume_size,
+        force=args.force,
+    )
+    print(folder)
+    counts = json.loads((folder / "meta.json").read_text())["counts"]
+    for split, info in counts.items():
+        print(f"{split}: {info['total']} samples")
+        for qtype, answers in info["question_types"].items():
+            print(f"  {qtype:<18} " + ", ".join(f"{a}: {n}" for a, n in answers.items()))
+    return 0
+
+
+def _add_build_demo_3d(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "build-demo-3d",
+        help="build the 3D demo VQA set from the real chest CT shipped on PyPI",
+        description="Build (or reuse, when the folder holds the same build) the real-CT 3D demo set: "
+        "train.json, val.json, volumes/ (.npy) and meta.json in LLaVA annotation format (image3d).",
+    )
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: <medmvl cache>/demo_3d)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the plan, crops and jitter (default: 0)")
+    p.add_argument("--n-train", type=int, default=1000, help="training samples (default: 1000)")
+    p.add_argument("--n-val", type=int, default=150, help="validation samples (default: 150)")
+    p.add_argument("--depth", type=int, default=8, help="CT slices per sub-volume (default: 8)")
+    p.add_argument(
+        "--volume-size",
+        type=int,
+        nargs=3,
+        default=[8, 64, 64],
+        metavar=("D", "H", "W"),
+        help="stored volume size (default: 8 64 64)",
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even if the folder holds this build")
+    p.set_defaults(func=_build_demo_3d)
+
+
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_build_demo,
+    _add_build_demo_3d,
+    _add_check,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from medmvl.models.build import build_model
 from medmvl.models.io import save_pretrained
+from medmvl.training.faults import PreemptionCheckpoint
 from medmvl.training.module import MedVLMModule
-from medmvl.training.stages import merge_lora
+from medmvl.training.stages import apply_stage, merge_lora
+from medmvl.training.strategies import unsharded_copy
 
 log = logging.getLogger("medmvl.train")
 
@@ -47,26 +52,41 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     model = build_model(cfg)
-    datamodule = instantiate(cfg.data)(
+    # plain dicts/lists (not DictConfig) in the data module's hparams keep checkpoints weights_only-loadable
+    datamodule = instantiate(cfg.data, _convert_="all")(
         tokenizer=model.tokenizer,
         image_token_counts=model.image_token_counts,
-        image_config=model.encoder.preprocess,
+        image_config=model.image_config,  # None without a 2D tower
+        volume_config=model.volume_config,  # None without a 3D tower
     )
     module = MedVLMModule(
         model,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         stage=OmegaConf.to_container(cfg.stage, resolve=True),
+        nonfinite_loss=cfg.get("nonfinite_loss", "raise"),
+        compile=bool(cfg.get("compile", False)),
     )
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=_instantiate_all(cfg.get("callbacks")),
         logger=_instantiate_all(cfg.get("logger")),
     )
-    if trainer.logger is not None:
-        trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_ckpt(cfg.get("ckpt_path"), output_dir))
+    for logger in trainer.loggers:  # every logger, e.g. logger=[csv,wandb]
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    ckpt_path = _resolve_ckpt(cfg.get("ckpt_path"), output_dir)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException as stop:  # SIGTERM/SIGUSR1: PreemptionCheckpoint wrote last.ckpt; no model export
+        return _preempted(trainer, stop)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if (cfg.get("save_model") or cfg.get("post_train")) and not trainer.fast_dev_run:
+        # trainer=fsdp: gather the sharded weights into one plain model on rank 0 (every rank takes part)
+        model = unsharded_copy(
+            module.model,
+            rebuild=lambda: _with_stage(build_model(cfg), module.stage),
+            rank=trainer.global_rank,
+        )
     if cfg.get("save_model") and trainer.is_global_zero and not trainer.fast_dev_run:
         hp = datamodule.hparams
         prompt = {k: hp.get(k) for k in ("format", "system_prompt", "max_length")}
@@ -79,11 +99,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def _preempted(trainer: L.Trainer, stop: SIGTERMException) -> dict[str, Any]:
+    """``{"stopped_by_signal": signum, "checkpoint": path}`` of a run a signal stopped (re-raise if unsaved)."""
+    stopper = next((c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint)), None)
+    if stopper is None or stopper.saved_to is None:
+        raise stop
+    return {"stopped_by_signal": int(stopper.received or signal.SIGTERM), "checkpoint": stopper.saved_to}
+
+
+def _with_stage(model: Any, stage: dict[str, Any]) -> Any:
+    """``model`` with the training stage applied (LoRA wrappers), so a trained state dict loads into it."""
+    apply_stage(model, stage)
+    return model
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point (console script ``medmvl-train`` and ``train.py``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    train(cfg)
+    metrics = train(cfg)
+    if "stopped_by_signal" in metrics:  # preempted: not finished, so not 0 (a job chain must not go on)
+        sys.exit(128 + metrics["stopped_by_signal"])
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Pad token sequences and gather images of a batch into the tensors ``MedVLM`` consumes.
 
-Images of all samples are concatenated in sample order, which is also the order of their placeholder
-blocks in ``input_ids``; the model merges features by placeholder (``masked_scatter``), so no per-sample
-image index is needed. Samples that a dataset returned as ``None`` (an unreadable image under
-``on_error="skip"``) are dropped here.
+Images (and, separately, volumes) of all samples are concatenated in sample order, which is also the
+order of their placeholder blocks in ``input_ids``; the model merges features by placeholder
+(``masked_scatter``), so no per-sample image index is needed. Samples that a dataset returned as
+``None`` (an unreadable image under ``on_error="skip"``) are dropped here and counted in the batch's
+``skipped``, so the LightningModule can total them over DataLoader workers and ranks (each worker
+process only sees its own).
 """
 
 from __future__ import annotations
@@ -30,17 +32,19 @@ class Collator:
         self.pad_token_id = pad_token_id
         self.padding_side = padding_side
 
-    def __call__(self, items: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    def __call__(self, items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         """Batch items.
 
         Returns:
             ``input_ids`` [b, n], ``attention_mask`` [b, n], ``labels`` [b, n] (``-100`` on padding),
-            ``pixel_values`` [N, c, h, w] (all images in sample order) or ``None``, and ``ids`` (list of b
-            strings); ``None`` if every item was dropped.
+            ``pixel_values`` [N, c, h, w] (all images in sample order) or ``None``, ``pixel_values_3d``
+            [N3, c, d, h, w] (all volumes in sample order) or ``None``, and ``ids`` (list of b
+            strings), and ``skipped`` (how many items were ``None``); only ``{"skipped": k}`` if every
+            item was dropped.
         """
         kept = [item for item in items if item is not None]
         if not kept:
-            return None
+            return {"skipped": len(items)}
         n = max(len(item["input_ids"]) for item in kept)
         input_ids = torch.full((len(kept), n), self.pad_token_id, dtype=torch.long)  # [b, n]
         labels = torch.full((len(kept), n), IGNORE_INDEX, dtype=torch.long)  # [b, n]
@@ -52,10 +56,13 @@ class Collator:
             labels[row, cols] = item["labels"] if "labels" in item else IGNORE_INDEX
             attention_mask[row, cols] = 1
         images = [item["pixel_values"] for item in kept if item.get("pixel_values") is not None]
+        volumes = [item["pixel_values_3d"] for item in kept if item.get("pixel_values_3d") is not None]
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
             "pixel_values": torch.cat(images) if images else None,  # [N, c, h, w]
+            "pixel_values_3d": torch.cat(volumes) if volumes else None,  # [N3, c, d, h, w]
             "ids": [item["id"] for item in kept],
+            "skipped": len(items) - len(kept),
         }

@@ -21,7 +21,10 @@ from torch.utils.data import Dataset
 
 from medmvl.data.conversation import ConversationEncoder, SampleTooLongError
 from medmvl.data.images import ImageReadError, ImageTransform, load_image
+from medmvl.data.media import MediaPathError, resolve_media_path
+from medmvl.data.sampler import modality
 from medmvl.data.schema import AnnotationError, Problem, Sample, raise_on_errors, read_annotations
+from medmvl.data.volumes import VolumeTransform
 
 log = logging.getLogger("medmvl.data")
 
@@ -32,10 +35,11 @@ class _Item:
     input_ids: torch.Tensor  # [n]
     labels: torch.Tensor  # [n]
     images: tuple[Path, ...]
+    volumes: tuple[Path, ...] = ()
 
 
 class AnnotationDataset(Dataset):
-    """Samples of one MedM-VL/LLaVA annotation file, tokenized, with 2D images loaded on access.
+    """Samples of one MedM-VL/LLaVA annotation file, tokenized, with 2D images and 3D volumes loaded on access.
 
     Args:
         annotations: The annotation JSON file.
@@ -43,9 +47,14 @@ class AnnotationDataset(Dataset):
             file's folder). Absolute paths are used as they are; a relative path that leaves the folder
             through ``..`` is an error.
         conversation: Tokenizes each sample (chat template, label mask, image token expansion).
-        transform: Maps a loaded image to a FloatTensor [c, h, w].
+        transform: Maps a loaded image to a FloatTensor [c, h, w] (``None``: the model has no 2D tower,
+            and a sample with ``image`` is an error).
         on_error: ``raise`` on the first bad sample, or ``skip`` bad samples (listed in ``skipped``).
         require_answer: Whether every conversation must end with a ``gpt`` turn.
+        image3d_dir: Folder of relative ``image3d`` paths (default: the annotation file's folder); a path
+            may be a file or a DICOM series folder.
+        volume_transform: Maps a volume path to a FloatTensor [c, d, h, w] (``None``: the model has no 3D
+            tower, and a sample with ``image3d`` is an error).
 
     Attributes:
         skipped: Problems that removed a sample at construction (``on_error="skip"``).
@@ -59,15 +68,19 @@ class AnnotationDataset(Dataset):
         *,
         image_dir: str | os.PathLike | None = None,
         conversation: ConversationEncoder,
-        transform: ImageTransform,
+        transform: ImageTransform | None,
         on_error: Literal["raise", "skip"] = "raise",
         require_answer: bool = True,
+        image3d_dir: str | os.PathLike | None = None,
+        volume_transform: VolumeTransform | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.source = str(annotations)
         self.image_dir = Path(image_dir) if image_dir is not None else Path(annotations).parent
+        self.image3d_dir = Path(image3d_dir) if image3d_dir is not None else Path(annotations).parent
         self.transform = transform
+        self.volume_transform = volume_transform
         self.on_error = on_error
         self.read_failures = 0
         samples, problems = read_annotations(annotations, require_answer=require_answer)
@@ -87,62 +100,81 @@ class AnnotationDataset(Dataset):
                 field = getattr(err, "field", "conversations")
                 message = getattr(err, "detail", None) or str(err).removeprefix(f"{sample.where()}: ")
                 self.skipped.append(Problem(self.source, sample.index, sample.id, field, message, code))
+        total = len(samples) + len({p.index for p in errors if p.index is not None})
         if self.skipped:
-            total = len(samples) + len({p.index for p in errors})
             log.warning("%s", summarize(self.skipped, total=total, source=self.source))
+        if not self.items:  # an empty loader would make a run that trains on nothing and "succeeds"
+            reason = summarize(self.skipped, total=total, source=self.source) if self.skipped else ""
+            raise AnnotationError(f"{self.source}: no usable samples; {reason or 'the file holds none'}")
 
     def _prepare(self, sample: Sample, conversation: ConversationEncoder) -> _Item:
-        if sample.images3d:
+        if sample.images3d and self.volume_transform is None:
             raise _SampleError(
-                sample, "image3d", "3D volumes need the 3D data module; this one reads 2D images", "image3d"
+                sample, "image3d", "3D volumes need a 3D encoder (encoder3d=... or a 3D encoder)", "image3d"
             )
-        paths = tuple(self._resolve(p, k, sample) for k, p in enumerate(sample.images))
+        if sample.images and self.transform is None:
+            raise _SampleError(
+                sample, "image", "2D images need a 2D encoder; this model has only a 3D one", "image"
+            )
+        paths = tuple(self._resolve(p, k, sample, "image") for k, p in enumerate(sample.images))
+        volumes = tuple(self._resolve(p, k, sample, "image3d") for k, p in enumerate(sample.images3d))
         encoded = conversation.encode(sample)
-        return _Item(sample, encoded["input_ids"], encoded["labels"], paths)
+        return _Item(sample, encoded["input_ids"], encoded["labels"], paths, volumes)
 
-    def _resolve(self, path: str, k: int, sample: Sample) -> Path:
-        candidate = Path(path).expanduser()
-        if not candidate.is_absolute():
-            if os.path.normpath(path).split(os.sep)[0] == "..":
-                raise _SampleError(
-                    sample,
-                    f"image[{k}]",
-                    f"path {path!r} leaves image_dir {str(self.image_dir)!r}"
-                    " through '..'; expected a path inside it or an absolute path",
-                    "path_escape",
-                )
-            candidate = self.image_dir / candidate
-        if not candidate.is_file():
-            raise _SampleError(
-                sample, f"image[{k}]", f"image file {str(candidate)!r} does not exist", "missing_image"
-            )
-        return candidate
+    def _resolve(self, path: str, k: int, sample: Sample, key: str) -> Path:
+        root = self.image_dir if key == "image" else self.image3d_dir
+        try:  # the same rule as medmvl-data check --images
+            return resolve_media_path(path, root, key)
+        except MediaPathError as err:
+            raise _SampleError(sample, f"{key}[{k}]", str(err), err.code) from err
+
+    @property
+    def groups(self) -> list[str]:
+        """The modality group of every item (``text``, ``2d``, ``3d``, ``2d+3d``), for batching by modality."""
+        return [modality(len(item.images), len(item.volumes)) for item in self.items]
+
+    def reseed(self, seed: int) -> None:
+        """Seed the volume augmentation's own generator (MONAI ``Randomizable``) before producing a sample."""
+        if self.volume_transform is not None:
+            self.volume_transform.reseed(seed)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
-        """Return ``id``, ``input_ids`` [n], ``labels`` [n] and ``pixel_values`` [k, c, h, w] (``None``
-        without images); ``None`` for a sample whose image cannot be read when ``on_error="skip"``."""
+        """Return ``id``, ``input_ids`` [n], ``labels`` [n], ``pixel_values`` [k, c, h, w] and
+        ``pixel_values_3d`` [k3, c, d, h, w] (each ``None`` without images / volumes); ``None`` for a sample
+        whose image or volume cannot be read when ``on_error="skip"``."""
         item = self.items[index]
-        pixel_values = None
-        if item.images:
-            try:
-                pixel_values = torch.stack(
-                    [self.transform(load_image(p)) for p in item.images]
-                )  # [k, c, h, w]
-            except ImageReadError as err:
-                if self.on_error == "raise":
-                    raise ImageReadError(f"{item.sample.where()}: {err}") from err
-                self.read_failures += 1
-                log.warning("skipping %s: %s", item.sample.where(), err)
-                return None
+        try:
+            pixel_values = self._stack(item, "image", item.images)  # [k, c, h, w]
+            pixel_values_3d = self._stack(item, "image3d", item.volumes)  # [k3, c, d, h, w]
+        except ImageReadError as err:
+            if self.on_error == "raise":
+                raise
+            self.read_failures += 1
+            log.warning("skipping %s", err)
+            return None
         return {
             "id": item.sample.id,
             "input_ids": item.input_ids,
             "labels": item.labels,
             "pixel_values": pixel_values,
+            "pixel_values_3d": pixel_values_3d,
         }
+
+    def _stack(self, item: _Item, key: str, paths: tuple[Path, ...]) -> torch.Tensor | None:
+        if not paths:
+            return None
+        out = []
+        for k, path in enumerate(paths):
+            try:
+                out.append(
+                    self.transform(load_image(path)) if key == "image" else self.volume_transform(path)
+                )
+            except ImageReadError as err:
+                raise type(err)(f"{item.sample.where()}, field '{key}[{k}]': {err}") from err
+        return torch.stack(out)
 
 
 class _SampleError(AnnotationError):

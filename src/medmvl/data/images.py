@@ -50,7 +50,9 @@ def load_image(path: str | os.PathLike, *, frame: int = 0) -> np.ndarray:
         float32 array [h, w, c] in [0, 1]; ``c`` is 1 (grey) or 3 (colour).
 
     Raises:
-        ImageReadError: Missing file, unreadable or corrupt image, DICOM without pixel data, bad frame.
+        ImageReadError: Missing file, unreadable or corrupt image, DICOM without pixel data, bad frame,
+            NaN/inf pixel values, or more pixels than PIL's decompression-bomb limit
+            (``PIL.Image.MAX_IMAGE_PIXELS``, 89.5 M by default; raise it for genuinely huge images).
     """
     path = Path(path)
     if not path.is_file():
@@ -67,14 +69,27 @@ def load_image(path: str | os.PathLike, *, frame: int = 0) -> np.ndarray:
         InvalidDicomError,
         UnidentifiedImageError,
         AttributeError,
+        Image.DecompressionBombError,
     ) as err:
         raise ImageReadError(f"cannot read image {str(path)!r}: {type(err).__name__}: {err}") from err
-    arr = np.nan_to_num(arr.astype(np.float32), nan=0.0)
+    arr = arr.astype(np.float32)
+    finite = np.isfinite(arr)
+    if not finite.all():  # NaN/inf (float TIFF, float DICOM) would reach the encoder as NaN features
+        raise ImageReadError(
+            f"image {str(path)!r} has {int(arr.size - finite.sum())} NaN/inf pixel value(s) of {arr.size}"
+        )
     return np.clip(arr[..., None] if arr.ndim == 2 else arr, 0.0, 1.0)
 
 
 def _load_pil(path: Path, frame: int) -> np.ndarray:
-    with Image.open(path) as img:
+    with Image.open(path) as img:  # raises DecompressionBombError above 2 x MAX_IMAGE_PIXELS
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and img.width * img.height > limit:  # PIL only warns up to 2 x the limit
+            raise ImageReadError(
+                f"image {str(path)!r} is {img.width} x {img.height} = {img.width * img.height} pixels, "
+                f"more than PIL.Image.MAX_IMAGE_PIXELS = {limit} (a decompression bomb, or an image to "
+                "downscale before training)"
+            )
         if frame:
             img.seek(frame)
         img.load()
@@ -96,6 +111,12 @@ def _load_dicom(path: Path, frame: int) -> np.ndarray:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if not 0 <= frame < frames:
         raise ImageReadError(f"DICOM {str(path)!r} has {frames} frame(s); frame {frame} does not exist")
+    pixels, limit = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0), Image.MAX_IMAGE_PIXELS
+    if limit is not None and pixels > limit:  # the same decompression-bomb limit as PIL images
+        raise ImageReadError(
+            f"DICOM {str(path)!r} frames are {ds.Rows} x {ds.Columns} = {pixels} pixels, more than "
+            f"PIL.Image.MAX_IMAGE_PIXELS = {limit}"
+        )
     arr = pixel_array(ds, index=frame if frames > 1 else None)  # [h, w] or [h, w, 3] (YBR -> RGB)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if int(ds.get("SamplesPerPixel", 1)) == 3:

@@ -124,6 +124,18 @@ class _Checker:
         self.problems.append(Problem(self.source, self.index, self.id, field_, message, code, "warning"))
 
 
+def _bad_unicode(value: str) -> str | None:
+    """Why ``value`` is not valid Unicode text (an unpaired surrogate, e.g. JSON ``"\\ud800"``), or None."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return (
+            f"not valid Unicode text: unpaired surrogate {value[err.start]!r} at character {err.start} "
+            "(a broken \\uXXXX escape); expected UTF-8 text"
+        )
+    return None
+
+
 def parse_sample(
     raw: Any, index: int, *, source: str | None = None, require_answer: bool = True
 ) -> tuple[Sample | None, list[Problem]]:
@@ -145,6 +157,8 @@ def parse_sample(
     sid = raw.get("id")
     if isinstance(sid, (str, int)) and not isinstance(sid, bool) and str(sid) != "":
         check.id = str(sid)
+        if bad := _bad_unicode(check.id):
+            check.error("id", bad, "unicode")
     else:
         check.error("id", f"expected a non-empty string or integer, got {sid!r}", "id")
     for key in sorted(set(raw) - KNOWN_KEYS - METADATA_KEYS):
@@ -155,6 +169,8 @@ def parse_sample(
     answer = raw.get("answer")
     if answer is not None and not isinstance(answer, str):
         check.error("answer", f"expected a string, got {type(answer).__name__}", "answer")
+    elif answer is not None and (bad := _bad_unicode(answer)):
+        check.error("answer", bad, "unicode")
     for token, paths, key in ((IMAGE_TOKEN, images, "image"), (IMAGE3D_TOKEN, images3d, "image3d")):
         for j, turn in enumerate(turns):
             if turn.role == "gpt" and token in turn.text:
@@ -201,6 +217,8 @@ def _turns(conv: Any, check: _Checker, require_answer: bool) -> list[Turn]:
             check.error(
                 f"conversations[{j}].value", f"expected a non-empty string, got {value!r:.60}", "turns"
             )
+        elif bad := _bad_unicode(value):
+            check.error(f"conversations[{j}].value", bad, "unicode")
         if role == want and isinstance(value, str):
             turns.append(Turn(want, value))
     if require_answer and len(conv) % 2 == 1:
@@ -222,6 +240,10 @@ def _paths(raw: dict, key: str, check: _Checker) -> list[str] | None:
     if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
         check.error(key, f"expected a path or a list of non-empty path strings, got {value!r:.80}", "paths")
         return None
+    for k, path in enumerate(value):
+        if bad := _bad_unicode(path):
+            check.error(f"{key}[{k}]", bad, "unicode")
+            return None
     return value
 
 
@@ -237,6 +259,10 @@ def validate_records(
         raise AnnotationError(f"{source}: expected a JSON list of samples, got {type(records).__name__}")
     samples: list[Sample] = []
     problems: list[Problem] = []
+    if not records:
+        problems.append(
+            Problem(source, None, None, "<file>", "the file holds no samples; expected at least one", "empty")
+        )
     first_index: dict[str, int] = {}
     for i, raw in enumerate(records):
         sample, found = parse_sample(raw, i, source=source, require_answer=require_answer)
@@ -264,9 +290,20 @@ def _load_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"annotation file {str(path)!r} does not exist")
+    data = path.read_bytes()
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        text = data.decode("utf-8-sig")  # a UTF-8 byte-order mark is tolerated
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise AnnotationError(
+            f"{path}: not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} (line {line}) "
+            f"is not valid UTF-8; re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from err
+    if not text.strip():
+        raise AnnotationError(f"{path}: empty file; expected a JSON list of samples")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
         raise AnnotationError(f"{path}: not valid JSON ({err})") from err
 
 

@@ -6,8 +6,10 @@ or "liver"/"heart" — and LLaVA-Med's open recall is a plain token-set ratio. B
 
 Definitions:
     normalise(text): lowercase; every punctuation character (``string.punctuation``, so also a trailing
-        period) becomes a space; runs of whitespace collapse to one space; leading/trailing space is
-        stripped. ``"The Liver."`` -> ``"the liver"``, ``"X-ray"`` -> ``"x ray"``.
+        period) becomes a space; the text is split on whitespace; the articles ``a``, ``an``, ``the`` are
+        dropped as whole words unless every word is an article (so an option ``"A"`` survives); the words
+        are joined by one space. ``"The Liver."`` -> ``"liver"``, ``"an X-ray"`` -> ``"x ray"``,
+        ``"A"`` -> ``"a"``. docs/metrics.md has every definition with worked examples.
     closed_correct(prediction, answer, choices): true when ``normalise(prediction) ==
         normalise(answer)``, or when ``choices`` are given and the prediction *names exactly one* choice
         and that choice is the answer. A choice is named when its normalised words occur in the normalised
@@ -26,12 +28,15 @@ import string
 from collections.abc import Sequence
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+ARTICLES = frozenset({"a", "an", "the"})
 YES_NO = ("yes", "no")
 
 
 def normalise(text: str) -> str:
-    """Lowercase, punctuation to spaces, whitespace collapsed and stripped (see module docstring)."""
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+    """Lowercase, punctuation to spaces, articles dropped, whitespace collapsed (see module docstring)."""
+    words = _PUNCT.sub(" ", text.lower()).split()
+    kept = [w for w in words if w not in ARTICLES]
+    return " ".join(kept if kept else words)
 
 
 def named_choices(prediction: str, choices: Sequence[str]) -> list[str]:

@@ -83,20 +83,24 @@ def demo_report(
         raise ValueError(
             "demo_report needs a held-out file: set data.val_annotations or post_train.annotations"
         )
-    if image_dir is None and annotations == hp.get("val_annotations"):
-        image_dir = hp.get("image_dir")
+    image3d_dir = None
+    if annotations == hp.get("val_annotations"):
+        image_dir = hp.get("image_dir") if image_dir is None else image_dir
+        image3d_dir = hp.get("image3d_dir")
     items = load_vqa(annotations)
     generator = Generator(
         model,
         max_length=hp.get("max_length", 8192),
         format=hp.get("format", "chat"),
         system_prompt=hp.get("system_prompt"),
+        volume_options=hp.get("volume"),  # read volumes as training did (data.volume)
     )
     home = next(model.parameters()).device
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else home))
     model.to(target)
     try:
-        kwargs = {"image_dir": image_dir, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+        kwargs = {"image_dir": image_dir, "image3d_dir": image3d_dir, "batch_size": batch_size}
+        kwargs["max_new_tokens"] = max_new_tokens
         with_image = generator.generate([it.sample for it in items], **kwargs)
         text_only = generator.generate([it.sample for it in items], text_only=True, **kwargs)
     finally:

@@ -1,4 +1,5 @@
-"""Answer questions with a trained MedVLM: batched, left-padded generation (``Generator``)."""
+"""Answer questions with a trained MedVLM: batched, left-padded generation (``Generator``), whole
+inference files (``batch``), uploaded scans (``scans``) and the Gradio demo (``demo_app``)."""
 
 from medmvl.inference.generate import Generator, as_sample, strip_images
 

@@ -1,13 +1,13 @@
 """Batched answer generation with a :class:`MedVLM`: samples in, decoded answers out.
 
 Why a class: a prompt must be built exactly as in training (the LLM's chat template through
-``ConversationEncoder.encode_prompt``, each ``<image>`` expanded to the connector's token count, images
-preprocessed by the encoder's own evaluation transform), and batches must be left-padded so every row's
+``ConversationEncoder.encode_prompt``, each ``<image>`` / ``<image3d>`` expanded to its connector's token
+count, images and volumes preprocessed by their tower's own evaluation transform), and batches must be left-padded so every row's
 new tokens start at the same position. ``Generator`` owns those three pieces so callers (the ``infer.py``
 CLI, the demo report, notebooks) only pass samples. Decoding is ``transformers``' ``generate`` with its KV
 cache; sampling and beam search are its own options passed through.
 
-``text_only=True`` asks the same model the same questions with the images and their ``<image>``
+``text_only=True`` asks the same model the same questions with the images, volumes and their
 placeholders removed: the baseline that shows how much of an answer comes from the image.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,33 +24,56 @@ import torch
 from medmvl.data.collate import Collator
 from medmvl.data.conversation import ConversationEncoder
 from medmvl.data.images import ImageReadError, ImageTransform, load_image
-from medmvl.data.schema import IMAGE_TOKEN, Sample, Turn
+from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN, Sample, Turn
+from medmvl.data.volumes import VolumeOptions, VolumeTransform
 from medmvl.models.vlm import MedVLM
 
 Query = Sample | tuple[Sequence[str | os.PathLike] | str | os.PathLike | None, str]
 """A ``Sample`` or an ``(image path(s) or None, question)`` pair."""
 
-_PLACEHOLDER = re.compile(re.escape(IMAGE_TOKEN) + r"[ \t]*\n?")
+_PLACEHOLDER = re.compile(f"(?:{re.escape(IMAGE3D_TOKEN)}|{re.escape(IMAGE_TOKEN)})" + r"[ \t]*\n?")
 
 
-def as_sample(query: Query, index: int = 0) -> Sample:
-    """A ``Sample`` for ``query``; a pair's question gets one ``<image>\\n`` per image if it has none."""
+def as_sample(
+    query: Query,
+    index: int = 0,
+    *,
+    images3d: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
+) -> Sample:
+    """A ``Sample`` for ``query``; a pair's question gets one placeholder line per image if it has none.
+
+    ``images3d`` adds 3D volumes (``<image3d>\n`` per volume, before the 2D ones' ``<image>\n``).
+    """
     if isinstance(query, Sample):
         return query
     images, question = query
-    paths = [] if images is None else [images] if isinstance(images, (str, os.PathLike)) else list(images)
-    if paths and IMAGE_TOKEN not in question:
-        question = f"{IMAGE_TOKEN}\n" * len(paths) + question
-    if question.count(IMAGE_TOKEN) != len(paths):
-        raise ValueError(
-            f"question {index} has {question.count(IMAGE_TOKEN)} {IMAGE_TOKEN} placeholder(s) but "
-            f"{len(paths)} image(s); expected one per image"
-        )
-    return Sample(str(index), (Turn("human", question),), tuple(str(p) for p in paths), index=index)
+    paths, volumes = _path_list(images), _path_list(images3d)
+    for token, given in ((IMAGE_TOKEN, paths), (IMAGE3D_TOKEN, volumes)):
+        if given and token not in question:
+            question = f"{token}\n" * len(given) + question
+        if question.count(token) != len(given):
+            raise ValueError(
+                f"question {index} has {question.count(token)} {token} placeholder(s) but "
+                f"{len(given)} {'volume' if token == IMAGE3D_TOKEN else 'image'}(s); expected one per "
+                f"{'volume' if token == IMAGE3D_TOKEN else 'image'}"
+            )
+    return Sample(
+        str(index),
+        (Turn("human", question),),
+        tuple(str(p) for p in paths),
+        tuple(str(p) for p in volumes),
+        index=index,
+    )
+
+
+def _path_list(value: Sequence[str | os.PathLike] | str | os.PathLike | None) -> list[str | os.PathLike]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, (str, os.PathLike)) else list(value)
 
 
 def strip_images(sample: Sample) -> Sample:
-    """The same conversation without images and without ``<image>`` placeholders (and their newline)."""
+    """The same conversation without images or volumes and without their placeholders (and newline)."""
     turns = tuple(Turn(t.role, _PLACEHOLDER.sub("", t.text).strip()) for t in sample.turns)
     return Sample(sample.id, turns, (), (), sample.index, sample.source, sample.answer)
 
@@ -63,6 +86,8 @@ class Generator:
         max_length: Longest prompt in tokens, image tokens included (longer prompts raise).
         format: ``chat`` (the tokenizer's chat template) or ``plain`` (pre-training format).
         system_prompt: System message, as used in training (``None``: the template's default).
+        volume_options: How volume files are read (``medmvl.data.volumes.VolumeOptions`` fields, as
+            ``data.volume`` in training); the size, channels, mean/std and HU window come from the model.
     """
 
     def __init__(
@@ -72,6 +97,7 @@ class Generator:
         max_length: int = 8192,
         format: Literal["chat", "plain"] = "chat",
         system_prompt: str | None = None,
+        volume_options: VolumeOptions | Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = model.tokenizer
@@ -82,47 +108,86 @@ class Generator:
             format=format,
             system_prompt=system_prompt,
         )
-        pre = model.encoder.preprocess
-        self.transform = ImageTransform(
-            pre["image_size"], pre["image_mean"], pre["image_std"], channels=pre["channels"], train=False
-        )
+        image_cfg, volume_cfg = model.image_config, model.volume_config  # None: no such tower
+        self.transform: Callable[[Any], torch.Tensor] | None = None
+        if image_cfg is not None:
+            self.transform = ImageTransform(
+                image_cfg["image_size"],
+                image_cfg["image_mean"],
+                image_cfg["image_std"],
+                channels=image_cfg["channels"],
+                train=False,
+            )
+        self.volume_transform: Callable[[Path], torch.Tensor] | None = None
+        if volume_cfg is not None:
+            self.volume_transform = VolumeTransform.from_preprocess(volume_cfg, options=volume_options)
         self.collator = Collator(self.tokenizer.pad_token_id, padding_side="left")
 
     def prompt(
-        self, sample: Sample, *, image_dir: str | os.PathLike | None = None, text_only: bool = False
+        self,
+        sample: Sample,
+        *,
+        image_dir: str | os.PathLike | None = None,
+        image3d_dir: str | os.PathLike | None = None,
+        text_only: bool = False,
     ) -> dict[str, Any]:
-        """One prompt: ``id``, ``input_ids`` [n] and ``pixel_values`` [k, c, h, w] (``None`` without images).
+        """One prompt: ``id``, ``input_ids`` [n], ``pixel_values`` [k, c, h, w] and ``pixel_values_3d``
+        [k3, c, d, h, w] (each ``None`` without images / volumes).
 
-        Relative image paths resolve against ``image_dir``, else the sample's annotation file folder.
+        Relative paths resolve against ``image_dir`` (2D) / ``image3d_dir`` (3D), else the sample's
+        annotation file folder.
         """
-        if sample.images3d:
-            raise ValueError(f"{sample.where()}: 3D volumes (image3d) are not supported by this generator")
         if text_only:
             sample = strip_images(sample)
-        if image_dir is not None:
-            root = Path(image_dir)
-        else:
-            root = Path(sample.source).parent if sample.source else Path(".")
-        pixels = None
+        default = Path(sample.source).parent if sample.source else Path(".")
+        pixels = volumes = None
         if sample.images:
-            paths = [
-                p if p.is_absolute() else root / p for p in (Path(q).expanduser() for q in sample.images)
-            ]
+            paths = _resolve(sample.images, image_dir, default)
             try:
-                pixels = torch.stack([self.transform(load_image(p)) for p in paths])  # [k, c, h, w]
+                pixels = torch.stack([self.load_image(p) for p in paths])  # [k, c, h, w]
             except ImageReadError as err:
                 raise ImageReadError(f"{sample.where()}: {err}") from err
-        return {"id": sample.id, "input_ids": self.conversation.encode_prompt(sample), "pixel_values": pixels}
+        if sample.images3d:
+            paths = _resolve(sample.images3d, image3d_dir, default)
+            try:
+                volumes = torch.stack([self.load_volume(p) for p in paths])  # [k3, c, d, h, w]
+            except ImageReadError as err:  # VolumeReadError included
+                raise type(err)(f"{sample.where()}: {err}") from err
+        return {
+            "id": sample.id,
+            "input_ids": self.conversation.encode_prompt(sample),
+            "pixel_values": pixels,
+            "pixel_values_3d": volumes,
+        }
+
+    def load_image(self, path: Path) -> torch.Tensor:
+        """A 2D image preprocessed for the 2D tower: [c, h, w]."""
+        if self.transform is None:
+            raise ValueError(f"this model has no 2D image tower; cannot answer about image {str(path)!r}")
+        return self.transform(load_image(path))
+
+    def load_volume(self, path: Path) -> torch.Tensor:
+        """A 3D volume preprocessed for the 3D tower: [c, d, h, w]."""
+        if self.volume_transform is None:
+            raise ValueError(
+                f"this model has no 3D (image3d) tower; cannot answer about volume {str(path)!r}"
+            )
+        return self.volume_transform(path)
 
     def batch(self, prompts: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Left-pad prompts: ``input_ids`` / ``attention_mask`` [b, n], ``pixel_values`` [N, c, h, w] | None."""
+        """Left-pad prompts: ``input_ids`` / ``attention_mask`` [b, n], ``pixel_values`` [N, c, h, w] and
+        ``pixel_values_3d`` [N3, c, d, h, w] (each ``None`` when no prompt has one)."""
         batch = self.collator(prompts)
-        param = next(self.model.parameters())
-        enc_dtype = next(self.model.encoder.parameters()).dtype
-        out = {k: batch[k].to(param.device) for k in ("input_ids", "attention_mask")}
-        pixels = batch["pixel_values"]
-        out["pixel_values"] = None if pixels is None else pixels.to(param.device, enc_dtype)
+        device = next(self.model.parameters()).device
+        out = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
+        for key, token in (("pixel_values", IMAGE_TOKEN), ("pixel_values_3d", IMAGE3D_TOKEN)):
+            pixels = batch[key]
+            out[key] = None if pixels is None else pixels.to(device, self._tower_dtype(token))
         return out
+
+    def _tower_dtype(self, token: str) -> torch.dtype:
+        encoder = getattr(self.model, self.model.towers[token][0])
+        return next(encoder.parameters()).dtype
 
     @torch.inference_mode()
     def generate(
@@ -130,6 +195,7 @@ class Generator:
         queries: Iterable[Query],
         *,
         image_dir: str | os.PathLike | None = None,
+        image3d_dir: str | os.PathLike | None = None,
         text_only: bool = False,
         batch_size: int = 8,
         max_new_tokens: int = 64,
@@ -144,6 +210,7 @@ class Generator:
         Args:
             queries: ``Sample`` objects (a final ``gpt`` turn is dropped) or ``(images, question)`` pairs.
             image_dir: Folder of relative image paths (default: each sample's annotation file folder).
+            image3d_dir: Folder of relative volume paths (default: the same).
             text_only: Drop the images and their placeholders (the no-image baseline).
             batch_size: Prompts per ``generate`` call.
             max_new_tokens: Longest answer in tokens.
@@ -169,7 +236,10 @@ class Generator:
         try:
             for start in range(0, len(samples), batch_size):
                 chunk = samples[start : start + batch_size]
-                prompts = [self.prompt(s, image_dir=image_dir, text_only=text_only) for s in chunk]
+                prompts = [
+                    self.prompt(s, image_dir=image_dir, image3d_dir=image3d_dir, text_only=text_only)
+                    for s in chunk
+                ]
                 new_tokens = self.model.generate(**self.batch(prompts), **kwargs)  # [b, t_new]
                 decoded = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
                 answers += [a.strip() for a in decoded]
@@ -184,3 +254,8 @@ class Generator:
     ) -> str:
         """Answer one question about ``images`` (a path, a list of paths, or ``None``)."""
         return self.generate([(images, question)], **kwargs)[0]
+
+
+def _resolve(paths: Sequence[str], folder: str | os.PathLike | None, default: Path) -> list[Path]:
+    root = Path(folder) if folder is not None else default
+    return [p if p.is_absolute() else root / p for p in (Path(q).expanduser() for q in paths)]

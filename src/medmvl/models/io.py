@@ -5,31 +5,67 @@ Layout::
     medmvl_config.json   encoder / connector / llm rebuild arguments (no hub access needed to rebuild)
     model.safetensors    every parameter and buffer of the MedVLM (shared tensors stored once)
     tokenizer/           the tokenizer with its chat template and image tokens
-    preprocessor.json    what the data pipeline must feed the encoder (size, mean/std, channels)
+    preprocessor.json    what the data pipeline must feed the encoder (size, mean/std, channels; one entry
+                         per placeholder when the model has a 2D and a 3D tower)
+    adapters/<module>/   only for a model saved with PEFT LoRA kept (not merged): the PEFT adapter
+                         (adapter_config.json + adapter_model.safetensors); model.safetensors then holds
+                         the base weights without the adapters
 
-Only safetensors are read or written; nothing is unpickled.
+Only safetensors are read or written; nothing is unpickled. A MedM-VL checkpoint folder (its own
+``config.json`` layout) is read too: :func:`from_pretrained` hands it to :mod:`medmvl.models.medmvl_import`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from safetensors.torch import load_model, save_model
-from transformers import AutoTokenizer
+from safetensors.torch import load_model, save_file
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from medmvl.models.llm import export_llm_config, load_llm
 from medmvl.models.vlm import MedVLM
 
 CONFIG_NAME = "medmvl_config.json"
 WEIGHTS_NAME = "model.safetensors"
+ADAPTER_DIR = "adapters"
+COMPONENTS = ("encoder", "connector", "llm", "encoder3d", "connector3d")
+"""Top-level modules of a MedVLM that may exist (the 3D tower is optional)."""
+
+
+def model_config(model: MedVLM, *, prompt: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON-able ``medmvl_config.json`` content: how to rebuild ``model``'s architecture offline.
+
+    Works on a model whose components are wrapped by PEFT (the wrapper forwards attribute access).
+    """
+    config: dict[str, Any] = {
+        "format_version": 1,
+        "encoder": model.encoder.export_config(),
+        "connector": model.connector_config,
+        "llm": export_llm_config(_unwrap(model.llm)),
+    }
+    if getattr(model, "encoder3d", None) is not None:
+        config["encoder3d"] = model.encoder3d.export_config()
+        config["connector3d"] = model.connector3d_config
+    config["image_token_counts"] = model.image_token_counts
+    config["prompt"] = dict(prompt or {})
+    adapters = [name for name in COMPONENTS if _is_peft(getattr(model, name, None))]
+    if adapters:
+        config["adapters"] = {name: f"{ADAPTER_DIR}/{name}" for name in adapters}
+    return json.loads(json.dumps(config, default=_jsonable))
 
 
 def save_pretrained(model: MedVLM, out_dir: str | Path, *, prompt: dict[str, Any] | None = None) -> Path:
     """Write ``model`` to ``out_dir`` (created); returns the folder.
+
+    A component wrapped by PEFT LoRA is saved as its base weights (in ``model.safetensors``) plus the
+    adapter (``adapters/<name>/``); merge first (:func:`medmvl.training.stages.merge_lora`) to save one
+    set of plain weights.
 
     Args:
         model: the model.
@@ -39,45 +75,130 @@ def save_pretrained(model: MedVLM, out_dir: str | Path, *, prompt: dict[str, Any
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = {
-        "format_version": 1,
-        "encoder": model.encoder.export_config(),
-        "connector": model.connector_config,
-        "llm": export_llm_config(model.llm),
-        "image_token_counts": model.image_token_counts,
-        "prompt": dict(prompt or {}),
-    }
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=_jsonable))
-    (out / "preprocessor.json").write_text(json.dumps(model.encoder.preprocess, indent=2, default=_jsonable))
-    save_model(model, str(out / WEIGHTS_NAME))
+    config = model_config(model, prompt=prompt)
+    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    towers = getattr(model, "towers", {"<image>": ("encoder", "connector")})
+    preprocess = {token: getattr(model, enc).preprocess for token, (enc, _) in towers.items()}
+    if len(preprocess) == 1:  # one tower: its preprocessing itself
+        preprocess = next(iter(preprocess.values()))
+    (out / "preprocessor.json").write_text(json.dumps(preprocess, indent=2, default=_jsonable))
+    save_file(_dedup(base_state_dict(model)), str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    for name, rel in config.get("adapters", {}).items():
+        getattr(model, name).save_pretrained(str(out / rel), safe_serialization=True)
     model.tokenizer.save_pretrained(out / "tokenizer")
     return out
 
 
-def from_pretrained(path: str | Path, *, dtype: str = "float32", map_location: str = "cpu") -> MedVLM:
-    """Rebuild a saved MedVLM offline and load its weights (strict: every key must match)."""
+def build_from_config(
+    config: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase, *, dtype: str = "float32"
+) -> MedVLM:
+    """The architecture described by a ``medmvl_config.json`` dict, with fresh (untrained) weights."""
+    parts: dict[str, Any] = {
+        "encoder": instantiate(config["encoder"]),
+        "connector": instantiate(config["connector"]),
+        "llm": load_llm(tokenizer=tokenizer, dtype=dtype, **config["llm"]),
+    }
+    if config.get("encoder3d") is not None:
+        parts["encoder3d"] = instantiate(config["encoder3d"])
+        parts["connector3d"] = instantiate(config["connector3d"])
+    return MedVLM(**parts)
+
+
+def from_pretrained(
+    path: str | Path, *, dtype: str = "float32", map_location: str = "cpu", merge_adapters: bool = False
+) -> MedVLM:
+    """Rebuild a saved MedVLM offline and load its weights (strict: every key must match).
+
+    Args:
+        path: a folder written by :func:`save_pretrained`, or a MedM-VL checkpoint folder.
+        dtype: parameter dtype.
+        map_location: device the weights are loaded to.
+        merge_adapters: fold saved LoRA adapters into the base weights (default: keep them as PEFT
+            modules, which reproduces the saved model's logits bit for bit).
+    """
     folder = Path(path)
     cfg_file = folder / CONFIG_NAME
     if not cfg_file.exists():
+        from medmvl.models.medmvl_import import is_medmvl_checkpoint, load_medmvl
+
+        if is_medmvl_checkpoint(folder):
+            return load_medmvl(folder, dtype=dtype).to(map_location)
         raise FileNotFoundError(f"{folder} is not a saved medmvl model: {CONFIG_NAME} is missing")
     cfg = json.loads(cfg_file.read_text())
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    encoder = instantiate(cfg["encoder"])
-    connector = instantiate(cfg["connector"])
-    llm = load_llm(tokenizer=tokenizer, dtype=dtype, **cfg["llm"])
-    model = MedVLM(encoder=encoder, connector=connector, llm=llm)
+    model = build_from_config(cfg, tokenizer, dtype=dtype)
     missing, unexpected = load_model(model, str(folder / WEIGHTS_NAME), strict=False, device=map_location)
     if missing or unexpected:
         raise RuntimeError(
             f"{folder / WEIGHTS_NAME} does not match the architecture in {CONFIG_NAME}: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
+    for name, rel in (cfg.get("adapters") or {}).items():
+        _attach_adapter(model, name, folder / rel, merge=merge_adapters)
     return model.to(getattr(torch, dtype)).eval()
 
 
 def load_prompt_settings(path: str | Path) -> dict[str, Any]:
     """The prompt settings a saved model was trained with (empty for models saved without them)."""
-    return dict(json.loads((Path(path) / CONFIG_NAME).read_text()).get("prompt") or {})
+    cfg_file = Path(path) / CONFIG_NAME
+    if not cfg_file.exists():
+        return {}
+    return dict(json.loads(cfg_file.read_text()).get("prompt") or {})
+
+
+def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with every PEFT LoRA component replaced by its base weights.
+
+    Adapter tensors (``lora_*``) are left out and the wrapper prefixes (``base_model.model.``,
+    ``.base_layer``) removed, so the keys are those of the unwrapped model.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        name, _, rest = key.partition(".")
+        if _is_peft(getattr(model, name, None)):
+            if "lora_" in rest:
+                continue
+            rest = rest.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        out[f"{name}.{rest}"] = value
+    return out
+
+
+def _attach_adapter(model: MedVLM, name: str, folder: Path, *, merge: bool) -> None:
+    from peft import PeftModel
+
+    if not (folder / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{folder}: the adapter of {name!r} named in {CONFIG_NAME} is missing")
+    wrapped = PeftModel.from_pretrained(getattr(model, name), str(folder), is_trainable=False)
+    setattr(model, name, wrapped.merge_and_unload() if merge else wrapped)
+
+
+def _is_peft(module: Any) -> bool:
+    if module is None:
+        return False
+    from peft import PeftModel
+
+    return isinstance(module, PeftModel)
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.get_base_model() if _is_peft(module) else module
+
+
+def _dedup(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keep one name per shared storage (tied embeddings) and make the rest contiguous CPU tensors.
+
+    ``load_model`` re-ties the dropped names from the model's own sharing, as ``save_model`` expects.
+    """
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    out: dict[str, torch.Tensor] = {}
+    for key in sorted(tensors):
+        t = tensors[key]
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if t.numel() and ident in seen:
+            continue
+        seen[ident] = key
+        out[key] = t.detach().to("cpu").contiguous()
+    return out
 
 
 def _jsonable(obj: Any) -> Any:

@@ -27,6 +27,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from medmvl.assets import cache_dir, resolve_path
+from medmvl.models.safe_weights import safetensors_only
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,11 @@ def load_llm(
     else:
         path = str(_gguf_to_folder(gguf_file, torch_dtype)) if gguf_file else name_or_path
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype, attn_implementation=attn, trust_remote_code=trust_remote_code
+            path,
+            dtype=torch_dtype,
+            attn_implementation=attn,
+            trust_remote_code=trust_remote_code,
+            **safetensors_only(path),
         )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)

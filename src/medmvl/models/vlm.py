@@ -2,6 +2,8 @@
 
 Image features are merged into the text embeddings by placeholder (``masked_scatter`` on the positions
 whose id is the image token), never by position, with a loud error when counts disagree (as HF Llava).
+A second, 3D tower (``encoder3d`` -> ``connector3d``) may sit beside a 2D one: each modality's features go
+to its own placeholder (``<image>`` / ``<image3d>``).
 """
 
 from __future__ import annotations
@@ -16,67 +18,140 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmvl.data.conversation import IGNORE_INDEX
-from medmvl.data.schema import IMAGE_TOKEN
+from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN
 from medmvl.models.encoders.base import VisionEncoder
 from medmvl.models.llm import LanguageModel
 
 
 class MedVLM(nn.Module):
-    """A LLaVA-style medical vision-language model.
+    """A LLaVA-style medical vision-language model with one or two vision towers.
+
+    The primary ``encoder`` serves ``<image>`` when it is 2D (``spatial_dims == 2``) and ``<image3d>`` when
+    it is 3D; an optional 3D ``encoder3d`` adds ``<image3d>`` next to a 2D primary (mixed 2D + 3D runs).
 
     Args:
-        encoder: built vision encoder (``[k, c, h, w] -> [k, n, d_enc]``).
+        encoder: built vision encoder (``[k, c, h, w]`` or ``[k, c, d, h, w]`` -> ``[k, n, d_enc]``).
         connector: partial connector, completed here with ``in_dim``, ``out_dim`` and ``grid``.
         llm: built language model and tokenizer.
+        encoder3d: optional built 3D encoder (``[k, c, d, h, w] -> [k, n3, d_enc3]``).
+        connector3d: partial connector of ``encoder3d`` (required with it).
     """
 
     def __init__(
-        self, encoder: VisionEncoder, connector: Callable[..., nn.Module], llm: LanguageModel
+        self,
+        encoder: VisionEncoder,
+        connector: Callable[..., nn.Module],
+        llm: LanguageModel,
+        encoder3d: VisionEncoder | None = None,
+        connector3d: Callable[..., nn.Module] | None = None,
     ) -> None:
         super().__init__()
+        if (encoder3d is None) != (connector3d is None):
+            raise ValueError("encoder3d and connector3d come together: set both or neither")
+        if encoder3d is not None and (encoder.spatial_dims, encoder3d.spatial_dims) != (2, 3):
+            raise ValueError(
+                f"encoder3d adds a 3D tower next to a 2D encoder; got encoder spatial_dims="
+                f"{encoder.spatial_dims} and encoder3d spatial_dims={encoder3d.spatial_dims} (a 3D model "
+                "without 2D images uses the 3D encoder as its only encoder)"
+            )
         self.encoder = encoder
-        extra = encoder.num_tokens - math.prod(encoder.grid)
-        kwargs: dict[str, Any] = {"in_dim": encoder.out_dim, "out_dim": llm.hidden_size, "grid": encoder.grid}
-        if extra:
-            kwargs["extra_tokens"] = extra
-        self.connector = connector(**kwargs)
+        self.connector = _complete(connector, encoder, llm.hidden_size)
         self.connector_config = _partial_config(connector)
+        self.encoder3d = encoder3d
+        self.connector3d = None if encoder3d is None else _complete(connector3d, encoder3d, llm.hidden_size)
+        self.connector3d_config = None if connector3d is None else _partial_config(connector3d)
         self.llm = llm.model
         self.tokenizer = llm.tokenizer
-        self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        if self.image_token_id is None or self.image_token_id == self.tokenizer.unk_token_id:
-            raise ValueError(
-                f"tokenizer has no {IMAGE_TOKEN} token: build it with load_tokenizer(image_tokens=...)"
-            )
+        primary = IMAGE_TOKEN if encoder.spatial_dims == 2 else IMAGE3D_TOKEN
+        # placeholder -> (encoder attribute, connector attribute); names, so modules are registered once
+        self.towers: dict[str, tuple[str, str]] = {primary: ("encoder", "connector")}
+        if encoder3d is not None:
+            self.towers[IMAGE3D_TOKEN] = ("encoder3d", "connector3d")
+        vocab = self.tokenizer.get_vocab()
+        self.placeholder_ids = {t: vocab.get(t) for t in (IMAGE_TOKEN, IMAGE3D_TOKEN)}
+        for token in self.towers:
+            if self.placeholder_ids[token] is None:
+                raise ValueError(
+                    f"tokenizer has no {token} token: build it with load_tokenizer(image_tokens=...)"
+                )
+        self.image_token_id = self.placeholder_ids[IMAGE_TOKEN]
+        self.image3d_token_id = self.placeholder_ids[IMAGE3D_TOKEN]
 
     @property
     def image_token_counts(self) -> dict[str, int]:
-        """How many placeholder copies each image token expands to in the text."""
-        return {IMAGE_TOKEN: self.connector.num_tokens}
+        """How many placeholder copies each image token expands to in the text, per tower present."""
+        return {token: getattr(self, conn).num_tokens for token, (_, conn) in self.towers.items()}
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``[k, c, h, w] -> [k, m, d_llm]``; a frozen encoder runs without autograd."""
-        trainable = any(p.requires_grad for p in self.encoder.parameters())
+    @property
+    def image_config(self) -> dict[str, Any] | None:
+        """Preprocessing of the tower serving ``<image>`` (``None``: no 2D tower)."""
+        return self._tower_preprocess(IMAGE_TOKEN)
+
+    @property
+    def volume_config(self) -> dict[str, Any] | None:
+        """Preprocessing of the tower serving ``<image3d>`` (``None``: no 3D tower)."""
+        return self._tower_preprocess(IMAGE3D_TOKEN)
+
+    def _tower_preprocess(self, token: str) -> dict[str, Any] | None:
+        tower = self.towers.get(token)
+        return None if tower is None else dict(getattr(self, tower[0]).preprocess)
+
+    def get_image_features(self, pixel_values: torch.Tensor, token: str | None = None) -> torch.Tensor:
+        """``[k, c, (d,) h, w] -> [k, m, d_llm]`` through the tower of ``token`` (default: the primary
+        encoder's); a frozen encoder runs without autograd."""
+        token = token or next(iter(self.towers))
+        if token not in self.towers:
+            raise ValueError(f"no tower serves {token} (towers: {list(self.towers)})")
+        encoder, connector = (getattr(self, name) for name in self.towers[token])
+        trainable = any(p.requires_grad for p in encoder.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
-            tokens = self.encoder(pixel_values)  # [k, n, d_enc]
-        return self.connector(tokens)
+            tokens = encoder(pixel_values)  # [k, n, d_enc]
+        return connector(tokens)
 
-    def merge(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        """Text embeddings with image features scattered onto the image-token positions: ``[b, t, d_llm]``."""
+    def merge(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_3d: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Text embeddings with each modality's features scattered onto its placeholder positions.
+
+        Args:
+            input_ids: ``[b, t]`` with ``<image>`` / ``<image3d>`` blocks of ``image_token_counts`` each.
+            pixel_values: 2D images ``[k, c, h, w]`` in placeholder order, or ``None``.
+            pixel_values_3d: volumes ``[k3, c, d, h, w]`` in placeholder order, or ``None``.
+
+        Returns:
+            ``[b, t, d_llm]``.
+        """
         embeds = self.llm.get_input_embeddings()(input_ids)  # [b, t, d_llm]
-        mask = input_ids == self.image_token_id  # [b, t]
-        n_slots = int(mask.sum())
-        if pixel_values is None:
-            if n_slots:
-                raise ValueError(f"{n_slots} image-token positions in the batch but no pixel_values")
-            return embeds
-        feats = self.get_image_features(pixel_values)  # [k, m, d_llm]
-        if n_slots != feats.shape[0] * feats.shape[1]:
-            raise ValueError(
-                f"image tokens and features do not match: {n_slots} image-token positions in input_ids, "
-                f"but {feats.shape[0]} images x {feats.shape[1]} tokens = {feats.shape[0] * feats.shape[1]}"
-            )
-        return embeds.masked_scatter(mask.unsqueeze(-1), feats.to(embeds.dtype))
+        for token, pixels, name in (
+            (IMAGE_TOKEN, pixel_values, "pixel_values"),
+            (IMAGE3D_TOKEN, pixel_values_3d, "pixel_values_3d"),
+        ):
+            token_id = self.placeholder_ids[token]
+            mask = input_ids == token_id if token_id is not None else torch.zeros_like(input_ids, dtype=bool)
+            n_slots = int(mask.sum())  # mask: [b, t]
+            if token not in self.towers:
+                if pixels is not None or n_slots:
+                    raise ValueError(f"{token} inputs given but the model has no tower for {token}")
+                continue
+            if pixels is None:
+                if n_slots:
+                    raise ValueError(f"{n_slots} {token} positions in the batch but no {name}")
+                continue
+            want = 4 if token == IMAGE_TOKEN else 5
+            if pixels.ndim != want:
+                layout = "[k, c, h, w]" if want == 4 else "[k, c, d, h, w]"
+                raise ValueError(f"{name} must be {layout}, got shape {tuple(pixels.shape)}")
+            feats = self.get_image_features(pixels, token)  # [k, m, d_llm]
+            if n_slots != feats.shape[0] * feats.shape[1]:
+                raise ValueError(
+                    f"image tokens and features do not match: {n_slots} {token} positions in input_ids, "
+                    f"but {feats.shape[0]} inputs x {feats.shape[1]} tokens = {feats.shape[0] * feats.shape[1]}"
+                )
+            embeds = embeds.masked_scatter(mask.unsqueeze(-1), feats.to(embeds.dtype))
+        return embeds
 
     def forward(
         self,
@@ -84,17 +159,26 @@ class MedVLM(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
+        pixel_values_3d: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Mean next-token cross-entropy over supervised positions (``labels != -100``).
 
         The LM head runs only on the ``s`` supervised positions, never on image or prompt tokens.
+        Packed rows (``medmvl.data.packing``) give ``position_ids`` ``[b, t]`` that restart at 0 at every
+        sample; ``attention_mask`` is then not used: transformers builds a block-diagonal causal mask from
+        the restarts (SDPA/eager; flash-attention runs varlen), so no token attends across samples.
 
         Returns:
             ``loss`` (scalar), ``num_tokens`` (supervised targets) and, without labels, ``logits [b, t, v]``.
         """
-        embeds = self.merge(input_ids, pixel_values)
+        embeds = self.merge(input_ids, pixel_values, pixel_values_3d)
         decoder = self.llm.get_decoder()
-        hidden = decoder(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state  # [b, t, d]
+        if position_ids is not None:  # packed: the mask comes from position_ids (needs mask None, no cache)
+            attention_mask = None
+        hidden = decoder(
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # [b, t, d]
         head = self.llm.get_output_embeddings()
         if labels is None:
             return {"logits": head(hidden)}
@@ -110,16 +194,26 @@ class MedVLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
+        pixel_values_3d: torch.Tensor | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """Generate with the LLM's own ``generate`` (KV cache) from merged embeddings.
 
         ``input_ids`` must be left-padded for batches. Returns only the new tokens ``[b, t_new]``.
         """
-        embeds = self.merge(input_ids, pixel_values)
+        embeds = self.merge(input_ids, pixel_values, pixel_values_3d)
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         generate_kwargs.setdefault("eos_token_id", self.tokenizer.eos_token_id)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+
+def _complete(connector: Callable[..., nn.Module], encoder: VisionEncoder, llm_hidden: int) -> nn.Module:
+    """Build a partial connector sized by the built encoder (width, grid, extra CLS tokens) and LLM."""
+    kwargs: dict[str, Any] = {"in_dim": encoder.out_dim, "out_dim": llm_hidden, "grid": encoder.grid}
+    extra = encoder.num_tokens - math.prod(encoder.grid)
+    if extra:
+        kwargs["extra_tokens"] = extra
+    return connector(**kwargs)
 
 
 def _partial_config(connector: Callable[..., nn.Module]) -> dict[str, Any]:

@@ -5,13 +5,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
 
-from medmvl.training.stages import apply_stage, render, trainable_table
+from medmvl.training import checkpoint as ckpt_meta
+from medmvl.training.faults import NonFiniteLossError
+from medmvl.training.resume import run_seed, seed_batch
+from medmvl.training.stages import apply_stage, render, stage_modes, trainable_table
+from medmvl.training.strategies import compile_blocks, is_sharded, shard_model
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +30,14 @@ class MedVLMModule(L.LightningModule):
         scheduler: partial schedule called as ``scheduler(optimizer, num_training_steps=...)``; stepped
             every optimizer step.
         stage: per-module ``{mode, lr, weight_decay}`` (see :mod:`medmvl.training.stages`).
+        nonfinite_loss: a NaN/inf training loss ``raise``-s :class:`~medmvl.training.faults.NonFiniteLossError`
+            naming the batch's sample ids, or the step is ``skip``-ped (no backward, no optimizer step;
+            counted as ``train/nonfinite_skipped`` per epoch; one process only).
+        compile: ``torch.compile`` each LLM decoder layer in ``configure_model`` (top-level ``compile``).
+
+    Samples the collator dropped (unreadable images under ``data.on_error=skip``; the batch's ``skipped``
+    count) are summed over steps, DataLoader workers and ranks, logged per epoch as ``data/skipped`` and
+    ``data/val_skipped``, and reported at the end of each epoch.
     """
 
     def __init__(
@@ -34,8 +47,16 @@ class MedVLMModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         stage: Mapping[str, Mapping[str, Any]],
+        nonfinite_loss: Literal["raise", "skip"] = "raise",
+        compile: bool = False,
     ) -> None:
         super().__init__()
+        if nonfinite_loss not in ("raise", "skip"):
+            raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
+        self.nonfinite_loss = nonfinite_loss
+        self.compile_llm = compile
+        self._compiled = False
+        self._counts = {"train": 0, "val": 0, "nonfinite": 0}
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.model = model
         self.optimizer_factory = optimizer
@@ -43,16 +64,42 @@ class MedVLMModule(L.LightningModule):
         self.stage = {k: dict(v) for k, v in stage.items()}
         self.param_groups = apply_stage(model, self.stage)
         self._t_batch = 0.0
+        self.seed = run_seed()  # seeds each training batch (exact resume); restored from checkpoints
+        self._description: dict[str, Any] | None = None
+        self._loader_states: list[dict[str, Any]] = []
 
     def on_fit_start(self) -> None:
+        if self.nonfinite_loss == "skip" and self.trainer.world_size > 1:
+            raise ValueError(
+                "nonfinite_loss=skip needs a single process: a rank that skips its step would leave the "
+                "others waiting in the gradient all-reduce; use nonfinite_loss=raise with DDP/FSDP"
+            )
         # trained modules in train mode (dropout on), frozen ones in eval mode; Lightning keeps these modes
-        for name, spec in self.stage.items():
-            getattr(self.model, name).train(spec.get("mode", "frozen") != "frozen")
+        for name, mode in stage_modes(self.model, self.stage).items():
+            getattr(self.model, name).train(mode != "frozen")
         table, stats = trainable_table(self.model)
         log.info("trainable parameters per component\n%s", render(table))
-        if self.logger is not None:
-            flat = {f"params/{k}/{kind}": v for k, s in stats.items() for kind, v in s.items()}
-            self.logger.log_hyperparams(flat)
+        flat = {f"params/{k}/{kind}": v for k, s in stats.items() for kind, v in s.items()}
+        for logger in self.loggers:
+            logger.log_hyperparams(flat)
+
+    def configure_model(self) -> None:
+        """Shard the model with FSDP2 under ``trainer=fsdp`` (``ModelParallelStrategy``); else nothing.
+
+        The stage was applied in ``__init__``, before sharding: LoRA adapters exist and ``requires_grad`` is
+        final, so :func:`~medmvl.training.strategies.shard_model` can keep frozen and trainable
+        parameters in separate units.
+        """
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        strategy = self.trainer.strategy
+        if isinstance(strategy, ModelParallelStrategy) and not is_sharded(self.model):
+            plan = getattr(strategy, "plan", {})
+            shard_model(self.model, self.device_mesh["data_parallel"], compile=self.compile_llm, **plan)
+            self._compiled = self.compile_llm
+        elif self.compile_llm and not self._compiled:
+            compile_blocks(self.model.llm)
+            self._compiled = True
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         return self.model(
@@ -60,33 +107,125 @@ class MedVLMModule(L.LightningModule):
             attention_mask=batch["attention_mask"],
             labels=batch["labels"],
             pixel_values=batch.get("pixel_values"),
+            pixel_values_3d=batch.get("pixel_values_3d"),
+            position_ids=batch.get("position_ids"),  # packed rows (data.packing=true)
         )
 
+    def on_train_start(self) -> None:
+        # Lightning 2.6 drops the saved loader positions when configure_optimizers reads
+        # estimated_stepping_batches (Lightning issue #20550): hand them to the loaders here, before the first
+        # batch is drawn (ResumableLoader starts its epoch lazily, at the first batch)
+        states, self._loader_states = self._loader_states, []
+        if states:
+            CombinedLoader(self.trainer.train_dataloader)._load_state_dicts(states)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # dropout draws from a seed of (run seed, batch index over the run): a resumed run draws the same
+        seed_batch(self.seed, self.trainer.fit_loop.epoch_loop.total_batch_idx)
         self._t_batch = time.perf_counter()
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add the run seed, the architecture and the tokenizer (``medmvl.training.checkpoint``)."""
+        if self._description is None:
+            self._description = ckpt_meta.describe(self.model)
+        checkpoint[ckpt_meta.KEY] = {"seed": self.seed, **self._description}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume the run's batch seeds, and drop log rows the resumed run will write again."""
+        self.seed = int((checkpoint.get(ckpt_meta.KEY) or {}).get("seed", self.seed))
+        fit_state = checkpoint.get("loops", {}).get("fit_loop", {})
+        self._loader_states = list(fit_state.get("state_dict", {}).get("combined_loader", []))
+        # rows of steps >= the checkpoint's optimizer step are logged again by the resumed run
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        for logger in self.trainer.loggers if fitting else []:
+            if callable(resume_at := getattr(logger, "resume_at", None)):
+                resume_at(int(checkpoint.get("global_step", 0)))
+
+    def _drop_skipped(self, batch: Mapping[str, Any] | None, split: str) -> bool:
+        """Count the batch's samples the collator dropped; True when no sample is left to run."""
+        if batch is None:
+            return True
+        self._counts[split] += int(batch.get("skipped", 0))
+        return "input_ids" not in batch
+
     def training_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
-        if batch is None:  # every sample of the batch was skipped (data.on_error=skip), already counted
+        if self._drop_skipped(batch, "train"):  # every sample was unreadable (data.on_error=skip)
             return None
         out = self(batch)
-        loss = out["loss"]
+        loss = self._global_token_mean(out["loss"], out["num_tokens"])
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite training loss {loss.item()} on batch {batch_idx}, "
-                f"sample ids {list(batch.get('ids', []))}"
+            message = (
+                f"non-finite training loss {loss.item()} at step {self.global_step} (epoch "
+                f"{self.current_epoch}, batch {batch_idx}), sample ids {list(batch.get('ids', []))}"
             )
+            if self.nonfinite_loss == "raise":
+                raise NonFiniteLossError(f"{message}; nonfinite_loss=skip skips such steps instead")
+            log.warning("%s: step skipped (nonfinite_loss=skip)", message)
+            self._counts["nonfinite"] += 1
+            return None
         bsz = batch["input_ids"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bsz, sync_dist=True)
         return loss
+
+    def _global_token_mean(self, loss: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
+        """Rescale this rank's token-mean loss for data parallelism (DDP, FSDP).
+
+        Both average gradients over ranks; a plain mean of per-rank token means weighs a token of a rank
+        with few supervised tokens more. Scaled by ``world * n_rank / n_global``, the average over ranks
+        (of the gradients, and of the logged loss) is the mean over every supervised token of the global
+        batch -- what one process computes on the same batch.
+        """
+        world = self.trainer.world_size
+        if world == 1:
+            return loss
+        n_local = num_tokens.detach().float()
+        n_global = self.trainer.strategy.reduce(n_local.clone(), reduce_op="sum")
+        return loss * (n_local * world / n_global.clamp(min=1))
 
     def on_train_batch_end(self, outputs: Any, batch: Mapping[str, Any] | None, batch_idx: int) -> None:
         dt = time.perf_counter() - self._t_batch
-        if batch is not None and dt > 0:
+        if batch is not None and "attention_mask" in batch and dt > 0:
             tokens = float(batch["attention_mask"].sum())
             self.log("train/tokens_per_s", tokens / dt, batch_size=batch["input_ids"].shape[0])
 
+    def on_train_epoch_end(self) -> None:
+        self._report("train", "data/skipped")
+        nonfinite = self._sum_over_ranks("nonfinite")
+        if self.nonfinite_loss == "skip":
+            self.log("train/nonfinite_skipped", float(nonfinite))
+        if nonfinite:
+            log.warning("epoch %d: %d step(s) skipped for a non-finite loss", self.current_epoch, nonfinite)
+
+    def on_validation_epoch_end(self) -> None:
+        self._report("val", "data/val_skipped")
+
+    def _sum_over_ranks(self, key: str) -> int:
+        count, self._counts[key] = self._counts[key], 0
+        if self.trainer.world_size == 1:
+            return count
+        total = self.trainer.strategy.reduce(torch.tensor(float(count), device=self.device), reduce_op="sum")
+        return int(total.item())
+
+    def _report(self, split: str, metric: str) -> int:
+        """Log this epoch's dropped-sample total (all workers and ranks) and warn when it is not zero;
+        the warning also counts the samples the dataset removed when it read its file."""
+        skipped = self._sum_over_ranks(split)
+        self.log(metric, float(skipped))
+        dataset = getattr(self.trainer.datamodule, f"{split}_set", None)
+        at_load = len({p.index for p in getattr(dataset, "skipped", [])})
+        if (skipped or at_load) and self.trainer.is_global_zero:
+            log.warning(
+                "epoch %d: %d %s sample(s) skipped because their image could not be read (ids in the "
+                "warnings above), and %d removed when the annotation file was read (data.on_error=skip)",
+                self.current_epoch,
+                skipped,
+                split,
+                at_load,
+            )
+        return skipped
+
     def validation_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
-        if batch is None:
+        if self._drop_skipped(batch, "val"):
             return None
         out = self(batch)
         self.log(
@@ -95,6 +234,10 @@ class MedVLMModule(L.LightningModule):
         return out["loss"]
 
     def configure_optimizers(self) -> Any:
+        # re-read each group's parameters: FSDP2 (configure_model) replaced them by sharded ones
+        for group in self.param_groups:
+            module = getattr(self.model, group["name"])
+            group["params"] = [p for p in module.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(self.param_groups)
         if self.scheduler_factory is None:
             return optimizer

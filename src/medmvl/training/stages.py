@@ -1,9 +1,10 @@
 """Training stages as data: each top-level module of a MedVLM is ``frozen``, ``full`` or ``lora``.
 
 A stage config is a mapping ``{module_name: {mode, lr, weight_decay, lora}}`` over ``encoder``,
-``connector`` and ``llm``; ``pretrain``, ``finetune`` and ``lora`` are just YAML files. ``lora`` wraps the
+``connector`` and ``llm`` (and the optional 3D tower ``encoder3d`` / ``connector3d``, which trains like
+``encoder`` / ``connector`` unless the stage names it); ``pretrain``, ``finetune`` and ``lora`` are just YAML files. ``lora`` wraps the
 module with PEFT (``lora: {r, alpha, dropout, bias, target_modules}``; target modules default to every
-linear layer of the module) and trains only the adapters; :func:`merge_lora` folds them back in.
+linear layer of an LLM but its output head, and to the linear layers a vision tower's forward uses) and trains only the adapters; :func:`merge_lora` folds them back in.
 """
 
 from __future__ import annotations
@@ -12,12 +13,28 @@ import io
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 
 MODES = ("frozen", "full", "lora")
-MODULES = ("encoder", "connector", "llm")
+MODULES = ("encoder", "connector", "llm", "encoder3d", "connector3d")
+# a module the stage does not name follows this one (the 3D tower trains like the 2D tower)
+FOLLOWS = {"encoder3d": "encoder", "connector3d": "connector"}
+
+
+def stage_modes(model: nn.Module, stage: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """``{module: mode}`` for every module ``model`` has (``encoder3d``/``connector3d`` may be absent)."""
+    return {name: _spec(stage, name).get("mode", "frozen") for name in _present(model)}
+
+
+def _present(model: nn.Module) -> list[str]:
+    return [name for name in MODULES if getattr(model, name, None) is not None]
+
+
+def _spec(stage: Mapping[str, Mapping[str, Any]], name: str) -> dict[str, Any]:
+    return dict(stage.get(name) or stage.get(FOLLOWS.get(name, name)) or {"mode": "frozen"})
 
 
 def apply_stage(model: nn.Module, stage: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -25,7 +42,8 @@ def apply_stage(model: nn.Module, stage: Mapping[str, Mapping[str, Any]]) -> lis
 
     Args:
         model: a MedVLM (any module with ``encoder``, ``connector`` and ``llm`` children).
-        stage: per-module settings; a module not named is frozen.
+        stage: per-module settings; a module not named is frozen (``encoder3d`` / ``connector3d`` not
+            named follow ``encoder`` / ``connector``).
 
     Returns:
         One param group per trainable module: ``{"name", "params", ["lr"], ["weight_decay"]}``; groups leave
@@ -35,8 +53,8 @@ def apply_stage(model: nn.Module, stage: Mapping[str, Mapping[str, Any]]) -> lis
     if unknown:
         raise ValueError(f"stage names unknown modules {sorted(unknown)}; valid: {list(MODULES)}")
     groups: list[dict[str, Any]] = []
-    for name in MODULES:
-        spec = dict(stage.get(name) or {"mode": "frozen"})
+    for name in _present(model):
+        spec = _spec(stage, name)
         mode = spec.get("mode", "frozen")
         if mode not in MODES:
             raise ValueError(f"stage.{name}.mode must be one of {MODES}, got {mode!r}")
@@ -66,21 +84,58 @@ def _wrap_lora(module: nn.Module, name: str, lora: dict[str, Any]) -> nn.Module:
     unknown = set(lora) - {"r", "alpha", "dropout", "bias", "target_modules"}
     if unknown:
         raise ValueError(f"stage.{name}.lora has unknown keys {sorted(unknown)}")
+    targets = lora.get("target_modules")
+    if not targets:
+        # an LLM: PEFT's every linear layer but the output head; a vision tower: the linear layers its
+        # forward runs (not the pooling head nor blocks past select_layer), so every adapter gets a gradient
+        targets = _used_linears(module) if hasattr(module, "preprocess") else "all-linear"
     config = LoraConfig(
         r=int(lora.get("r", 16)),
         lora_alpha=int(lora.get("alpha", 32)),
         lora_dropout=float(lora.get("dropout", 0.0)),
         bias=lora.get("bias", "none"),
-        target_modules=lora.get("target_modules") or "all-linear",
+        target_modules=targets,
     )
     return get_peft_model(module, config)
+
+
+def _used_linears(encoder: nn.Module) -> list[str]:
+    """Names of the ``nn.Linear`` modules whose output reaches the encoder's output.
+
+    Found by one forward and backward on a zero input: a layer that runs but does not feed the selected
+    features (SigLIP's pooling head) has no gradient path and is left out, as are layers never run.
+    """
+    pre = encoder.preprocess
+    size = pre.get("volume_size") or pre["image_size"]
+    param = next(encoder.parameters())
+    pixels = torch.zeros(
+        1, pre["channels"], *size, dtype=param.dtype, device=param.device
+    )  # [1, c, (d,) h, w]
+    outputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out, n=n: outputs.__setitem__(n, out))
+        for n, m in encoder.named_modules()
+        if isinstance(m, nn.Linear)
+    ]
+    try:
+        with torch.enable_grad():
+            feats = encoder(pixels.requires_grad_(True))  # [1, n, d_enc]
+            names = [n for n, out in outputs.items() if out.requires_grad]
+            grads = torch.autograd.grad(feats.sum(), [outputs[n] for n in names], allow_unused=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    used = sorted(n for n, g in zip(names, grads) if g is not None)
+    if not used:
+        raise ValueError(f"{type(encoder).__name__} uses no nn.Linear: set its stage lora.target_modules")
+    return used
 
 
 def merge_lora(model: nn.Module) -> None:
     """Fold every PEFT LoRA adapter of ``model``'s components into its base weights, in place."""
     from peft import PeftModel
 
-    for name in MODULES:
+    for name in _present(model):
         module = getattr(model, name)
         if isinstance(module, PeftModel):
             setattr(model, name, module.merge_and_unload())
@@ -89,7 +144,7 @@ def merge_lora(model: nn.Module) -> None:
 def trainable_table(model: nn.Module) -> tuple[Table, dict[str, dict[str, int]]]:
     """A rich table (and the numbers) of total and trainable parameters per component."""
     stats: dict[str, dict[str, int]] = {}
-    for name in MODULES:
+    for name in _present(model):
         params = list(getattr(model, name).parameters())
         seen: set[int] = set()
         total = trainable = 0

@@ -1,0 +1,317 @@
+"""Training throughput: medmvl vs transformers' Llava, batch layouts, LLM FLOP/s, torch.compile, bf16.
+
+One process, one model, the same samples for every system (``common.write_mix``), training steps with the
+``finetune`` stage (vision tower frozen; projector + LLM trained), fp32, SDPA. Each step is timed as
+forward + backward (where the two implementations differ) and, apart, the AdamW update (the same work for
+both; amortised over gradient accumulation in real runs):
+
+* (a) tokens/s of medmvl (packed rows, LM head on supervised positions only) against
+  ``LlavaForConditionalGeneration`` with identical weights on right-padded batches (its standard use:
+  logits over the whole vocabulary at every position); steps alternate between the two, so load on
+  the machine hits both alike. Tokens = sample tokens, image tokens included, padding excluded.
+* (b) the share of non-pad tokens per step of each layout: ``padded`` (batches in data order),
+  ``bucketed`` (the same samples sorted by length, then batched), ``packed`` (``data.packing=true``, rows
+  as long as the batch's longest sample) and ``packed_row`` (one row per batch), with medmvl's tokens/s.
+* (f) executed FLOPs of the LLM part (decoder + LM head, forward + backward; ``FlopCounterMode``) per
+  second, against the fp32 matmul peak measured in the same run.
+* ``--compile``: decoder layers compiled in place (``nn.Module.compile``); first-step and steady tokens/s.
+* ``bf16``: bf16 autocast against fp32 on this CPU (matmul peak, and a step of the tiny model).
+* ``--memory medmvl|hf``: (c) peak resident memory of training steps of one system, in a fresh process.
+
+Usage: ``python experiments/bench/train_speed.py [--steps 3 --batch-size 8] [--compile]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import common
+import torch
+
+from medmvl.data.collate import Collator
+from medmvl.data.conversation import IGNORE_INDEX
+from medmvl.data.packing import PackingCollator
+
+INPUTS = ("input_ids", "attention_mask", "labels", "pixel_values", "position_ids")
+
+
+def layout_batches(items: list[dict], batch_size: int, layout: str, pad_id: int) -> list[dict]:
+    """Collate ``items`` into batches of ``batch_size`` samples in one layout."""
+    if layout == "bucketed":
+        items = sorted(items, key=lambda it: len(it["input_ids"]))
+    chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    if layout == "bucketed":
+        random.Random(0).shuffle(chunks)
+    if layout == "packed":
+        return [PackingCollator(pad_id)(chunk) for chunk in chunks]
+    if layout == "packed_row":  # one row per batch: pack_length = the batch's total
+        return [PackingCollator(pad_id, sum(len(it["input_ids"]) for it in c))(c) for c in chunks]
+    return [Collator(pad_id)(chunk) for chunk in chunks]  # padded, bucketed
+
+
+def tokens(batch: dict) -> int:
+    return int(batch["attention_mask"].sum())
+
+
+def medmvl_step(model: Any, opt: torch.optim.Optimizer, batch: dict) -> tuple[float, float]:
+    """One training step; returns (forward + backward seconds, optimizer-step seconds)."""
+
+    def fwd_bwd() -> None:
+        model(**{k: batch[k] for k in INPUTS if k in batch})["loss"].backward()
+
+    return common.timed(fwd_bwd), common.timed(lambda: _update(opt))
+
+
+def hf_step(twin: Any, opt: torch.optim.Optimizer, batch: dict) -> tuple[float, float]:
+    """One training step of the Llava twin (its own loss: logits over the vocabulary at every position)."""
+
+    def fwd_bwd() -> None:
+        twin(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            labels=batch["labels"],
+        ).loss.backward()
+
+    return common.timed(fwd_bwd), common.timed(lambda: _update(opt))
+
+
+def _update(opt: torch.optim.Optimizer) -> None:
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def optimizer(module: torch.nn.Module) -> torch.optim.Optimizer:
+    # a tiny learning rate: the weights stay close to the start, the work per step is the same
+    return torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-7)
+
+
+def setup(samples: int) -> tuple[Any, Any, list[dict], int]:
+    model, _ = common.build_model()
+    folder = Path(tempfile.mkdtemp(prefix="medmvl-bench-"))
+    items = common.items(model, common.write_mix(folder, samples))
+    return model, folder, items, model.tokenizer.pad_token_id
+
+
+def same_function(model: Any, twin: Any, items: list[dict], pad_id: int) -> float:
+    """|loss(medmvl, packed) - loss(Llava, padded)| on one batch: the two compute the same model."""
+    with torch.no_grad():
+        packed, padded = PackingCollator(pad_id)(items), Collator(pad_id)(items)
+        ours = model(**{k: packed[k] for k in INPUTS})["loss"]
+        theirs = twin(
+            input_ids=padded["input_ids"],
+            attention_mask=padded["attention_mask"],
+            pixel_values=padded["pixel_values"],
+            labels=padded["labels"],
+        ).loss
+    return abs(float(ours) - float(theirs))
+
+
+def versus_llava(model: Any, twin: Any, items: list[dict], args: argparse.Namespace, pad_id: int) -> dict:
+    """(a): alternate medmvl (packed) and Llava (padded) steps over the same samples."""
+    chunks = [items[i : i + args.batch_size] for i in range(0, len(items), args.batch_size)]
+    chunks = chunks[: args.steps + 1]  # the first is a warm-up
+    opts = {"medmvl": optimizer(model), "hf": optimizer(twin)}
+    times: dict[str, list[tuple[float, float]]] = {"medmvl": [], "hf": []}
+    n_tokens, non_pad = [], []
+    for i, chunk in enumerate(chunks):
+        packed, padded = PackingCollator(pad_id)(chunk), Collator(pad_id)(chunk)
+        for name in ("medmvl", "hf") if i % 2 == 0 else ("hf", "medmvl"):
+            if name == "medmvl":
+                dt = medmvl_step(model, opts["medmvl"], packed)
+            else:
+                dt = hf_step(twin, opts["hf"], padded)
+            if i:
+                times[name].append(dt)
+        if i:
+            n_tokens.append(tokens(padded))
+            non_pad.append(
+                {
+                    "medmvl": tokens(packed) / packed["input_ids"].numel(),
+                    "hf": tokens(padded) / padded["input_ids"].numel(),
+                }
+            )
+        print(f"  step {i}: medmvl {times['medmvl'][-1:]} hf {times['hf'][-1:]}", flush=True)
+    total = sum(n_tokens)
+    out: dict[str, Any] = {"tokens_per_step": n_tokens}
+    for name, t in times.items():
+        fwd_bwd, update = sum(x for x, _ in t), sum(u for _, u in t)
+        out[name] = {
+            "tokens_per_s": total / fwd_bwd,  # forward + backward
+            "tokens_per_s_with_update": total / (fwd_bwd + update),  # + one AdamW step per batch
+            "fwd_bwd_s": [round(x, 3) for x, _ in t],
+            "update_s": [round(u, 3) for _, u in t],
+            "non_pad_share": statistics.mean(s[name] for s in non_pad),
+        }
+    out["ratio"] = out["medmvl"]["tokens_per_s"] / out["hf"]["tokens_per_s"]
+    out["ratio_with_update"] = (
+        out["medmvl"]["tokens_per_s_with_update"] / out["hf"]["tokens_per_s_with_update"]
+    )
+    return out
+
+
+def layouts(model: Any, items: list[dict], args: argparse.Namespace, pad_id: int) -> dict:
+    """(b): non-pad share and medmvl tokens/s of each batch layout over the same samples."""
+    used = items[args.batch_size : args.batch_size * (args.steps + 1)]
+    opt = optimizer(model)
+    names = ("padded", "bucketed", "packed", "packed_row")
+    batches = {name: layout_batches(used, args.batch_size, name, pad_id) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(len(batches["padded"])):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            times[name].append(medmvl_step(model, opt, batches[name][i])[0])
+        print(f"  layout step {i}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names), flush=True)
+    out = {}
+    for name in names:
+        real = sum(tokens(b) for b in batches[name])
+        slots = sum(b["input_ids"].numel() for b in batches[name])
+        out[name] = {
+            "non_pad_share": real / slots,
+            "tokens_per_s": real / sum(times[name]),
+            "rows_per_step": statistics.mean(b["input_ids"].shape[0] for b in batches[name]),
+            "width_per_step": statistics.mean(b["input_ids"].shape[1] for b in batches[name]),
+        }
+    return out
+
+
+def llm_flops(model: Any, items: list[dict], args: argparse.Namespace, pad_id: int, peak: float) -> dict:
+    """(f): executed FLOPs of the LLM part (decoder + supervised LM head, fwd + bwd) per second."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = PackingCollator(pad_id)(items[: args.batch_size])
+    with torch.no_grad():
+        embeds = model.merge(batch["input_ids"], batch["pixel_values"])  # [r, n, d]
+    keep = batch["labels"][:, 1:] != IGNORE_INDEX  # [r, n-1]
+
+    def llm_step() -> None:
+        hidden = model.llm.get_decoder()(
+            inputs_embeds=embeds, position_ids=batch["position_ids"], use_cache=False
+        ).last_hidden_state  # [r, n, d]
+        logits = model.llm.get_output_embeddings()(hidden[:, :-1][keep]).float()  # [s, v]
+        torch.nn.functional.cross_entropy(logits, batch["labels"][:, 1:][keep]).backward()
+        model.zero_grad(set_to_none=True)
+
+    llm_step()  # warm-up
+    counter = FlopCounterMode(display=False)
+    with counter:
+        llm_step()
+    flops = counter.get_total_flops()
+    seconds = min(common.timed(llm_step) for _ in range(2))
+    return {
+        "tokens": tokens(batch),
+        "flops_per_step": flops,
+        "seconds": seconds,
+        "flops_per_s": flops / seconds,
+        "matmul_peak_flops_per_s": peak,
+        "share_of_peak": flops / seconds / peak,
+    }
+
+
+def compiled(model: Any, items: list[dict], args: argparse.Namespace, pad_id: int, eager_tps: float) -> dict:
+    """``torch.compile`` of every decoder layer (in place): first step (compiles) and steady tokens/s."""
+    for layer in model.llm.get_decoder().layers:
+        layer.compile()
+    opt = optimizer(model)
+    batches = layout_batches(items[: args.batch_size * (args.steps + 1)], args.batch_size, "packed", pad_id)
+    first = medmvl_step(model, opt, batches[0])[0]
+    times = [medmvl_step(model, opt, b)[0] for b in batches[1:]]
+    real = sum(tokens(b) for b in batches[1:])
+    return {
+        "first_step_s": first,
+        "step_s": [round(t, 3) for t in times],
+        "tokens_per_s": real / sum(times),
+        "eager_tokens_per_s": eager_tps,
+        "speedup": real / sum(times) / eager_tps,
+    }
+
+
+def bf16_autocast() -> dict:
+    """bf16 on this CPU: matmul peak, and one training step of the tiny model with and without autocast."""
+    from medmvl.models.build import build_model
+
+    cfg = common.compose_cfg(["experiment=none"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    ids = torch.randint(100, 5000, (4, 96))
+    ids[:, :16] = model.image_token_id
+    labels = ids.clone()
+    labels[:, :60] = IGNORE_INDEX
+    pixels = torch.randn(4, 3, 32, 32)
+
+    def step() -> None:
+        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, pixel_values=pixels)
+        loss["loss"].backward()
+        model.zero_grad(set_to_none=True)
+
+    step()
+    fp32 = min(common.timed(step) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        step()
+        bf16 = common.timed(step)
+    return {
+        "matmul_fp32_flops_per_s": common.matmul_peak(torch.float32, 512),
+        "matmul_bf16_flops_per_s": common.matmul_peak(torch.bfloat16, 512, repeat=2),
+        "tiny_step_fp32_s": fp32,
+        "tiny_step_bf16_autocast_s": bf16,
+        "bf16_slowdown": bf16 / fp32,
+    }
+
+
+def memory(system: str, args: argparse.Namespace) -> dict:
+    """(c): peak resident memory while training ``system`` (fresh process; after the model is loaded)."""
+    model, _, items, pad_id = setup(args.batch_size * 3)
+    net = model if system == "medmvl" else common.llava_twin(model)
+    if system == "hf":
+        del model
+    opt = optimizer(net)
+    chunks = [items[i : i + args.batch_size] for i in range(0, len(items), args.batch_size)]
+    loaded = common.rss_mib()
+    common.peak_rss_reset()
+    for chunk in chunks:
+        if system == "medmvl":
+            medmvl_step(net, opt, PackingCollator(pad_id)(chunk))
+        else:
+            hf_step(net, opt, Collator(pad_id)(chunk))
+    peak = common.rss_mib("VmHWM")
+    return {"loaded_mib": loaded, "peak_mib": peak, "training_mib": peak - loaded}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per system (after one warm-up)")
+    parser.add_argument("--batch-size", type=int, default=8, help="samples per step")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile")
+    parser.add_argument("--memory", choices=("medmvl", "hf"), help="only measure peak memory of one system")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    if args.memory:
+        common.save(f"memory_{args.memory}", {"memory": memory(args.memory, args), **vars(args)})
+        return
+    result: dict[str, Any] = {"machine": common.machine(), "args": vars(args)}
+    peak = common.matmul_peak()
+    model, _, items, pad_id = setup(args.batch_size * (args.steps + 1))
+    twin = common.llava_twin(model)
+    result["same_function_loss_diff"] = same_function(model, twin, items[: args.batch_size], pad_id)
+    print("(a) medmvl vs Llava", flush=True)
+    result["versus_llava"] = versus_llava(model, twin, items, args, pad_id)
+    del twin
+    print("(b) layouts", flush=True)
+    result["layouts"] = layouts(model, items, args, pad_id)
+    print("(f) LLM FLOP/s", flush=True)
+    result["llm_flops"] = llm_flops(model, items, args, pad_id, max(peak, common.matmul_peak()))
+    print("bf16", flush=True)
+    result["bf16"] = bf16_autocast()
+    if args.compile:
+        print("torch.compile", flush=True)
+        eager = result["layouts"]["packed"]["tokens_per_s"]
+        result["compile"] = compiled(model, items, args, pad_id, eager)
+    common.save("train", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Read prediction files (what ``infer.py`` writes) into scoring rows: prediction, reference, kind, groups.
+
+A prediction file is a JSON list (or JSONL) of records. For each record:
+
+- **prediction**: its ``prediction`` field, else the value of its final ``gpt`` turn (``infer.py`` appends
+  the generated turn there).
+- **reference**: its ``answer`` field, else (when the prediction came from ``prediction``) its final
+  ``gpt`` turn. A multi-turn record (``infer.py multi_turn=true``) carries ``reference_turns``, one
+  reference (or ``null``) per human turn: each turn with a reference is its own row ``<id>#<turn>``, scored
+  against the model's answer to that turn; a ``null`` last reference falls back to ``answer``.
+- **kind**, the first rule that applies: ``answer_type`` (case-insensitive ``closed``, ``open``,
+  ``choice`` or ``multiple_choice``); ``choice`` when the record has ``answer_choice`` or its reference
+  starts with an option mark ``(x)``; ``closed`` when it has ``choices`` or a yes/no reference; else
+  ``open``.
+- **question type**: the first of ``type_keys`` (default ``question_type``, then ``type``) the record
+  has, else ``(none)``. **dataset**: its ``dataset_key`` field (default ``dataset``), else the file's name
+  without extension.
+
+Every problem of every file is collected and raised at once (``AnnotationError``), naming file, record
+index, id and field; nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from medmvl.data.schema import AnnotationError
+from medmvl.evaluation.choice import reference_letter, starts_with_option
+from medmvl.evaluation.closed import YES_NO, normalise
+
+Kind = Literal["closed", "choice", "open"]
+KINDS: tuple[Kind, ...] = ("closed", "choice", "open")
+_ANSWER_TYPES: dict[str, Kind] = {
+    "closed": "closed",
+    "open": "open",
+    "choice": "choice",
+    "multiple_choice": "choice",
+}
+NO_TYPE = "(none)"
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    """One scored question.
+
+    Attributes:
+        id: Record id (``<id>#<turn>`` for a turn of a multi-turn record, turns counted from 1).
+        prediction: The model's answer.
+        reference: The reference answer.
+        kind: ``closed``, ``choice`` or ``open``.
+        question_type: Group for the per-type breakdown.
+        dataset: Group for the per-dataset breakdown.
+        choices: Offered choices of a closed question (``None``: yes/no or free).
+        letter: Reference option letter of a ``choice`` question.
+    """
+
+    id: str
+    prediction: str
+    reference: str
+    kind: Kind
+    question_type: str
+    dataset: str
+    choices: tuple[str, ...] | None = None
+    letter: str | None = None
+
+
+def read_records(path: str | os.PathLike) -> list[Any]:
+    """A JSON list, or a JSONL file (one record per line; blank lines ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"prediction file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        records = []
+        for line_no, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise AnnotationError(f"{path}: line {line_no} is not valid JSON ({err})") from err
+        return records
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise AnnotationError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(records, list):
+        raise AnnotationError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    return records
+
+
+def load_predictions(
+    paths: Sequence[str | os.PathLike],
+    *,
+    type_keys: Sequence[str] = ("question_type", "type"),
+    dataset_key: str = "dataset",
+    dataset_names: Sequence[str] | None = None,
+) -> list[PredictionRow]:
+    """Read every file into rows (file order, record order); raises once with every problem found.
+
+    ``dataset_names`` gives each file's fallback dataset name (default: the file name without extension).
+    """
+    rows: list[PredictionRow] = []
+    problems: list[str] = []
+    names = list(dataset_names) if dataset_names is not None else [Path(p).stem for p in paths]
+    if len(names) != len(paths):
+        raise ValueError(f"{len(names)} dataset names for {len(paths)} prediction files")
+    for path, name in zip(paths, names):
+        records = read_records(path)
+        for index, record in enumerate(records):
+            where = f"{path}: record {index}"
+            if isinstance(record, dict) and "id" in record:
+                where += f" (id {str(record['id'])!r})"
+            try:
+                rows += _rows(record, name, type_keys, dataset_key)
+            except ValueError as err:
+                problems.append(f"{where}: {err}")
+    if problems:
+        more = f" ({len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise AnnotationError(problems[0] + more)
+    return rows
+
+
+def answer_kind(record: dict[str, Any], reference: str) -> Kind:
+    """The kind of a record's question (rules in the module docstring)."""
+    answer_type = record.get("answer_type")
+    if answer_type is not None:
+        kind = _ANSWER_TYPES.get(str(answer_type).lower())
+        if kind is None:
+            raise ValueError(
+                f"field 'answer_type': expected one of {sorted(_ANSWER_TYPES)}, got {answer_type!r}"
+            )
+        return kind
+    if record.get("answer_choice") is not None or starts_with_option(reference):
+        return "choice"
+    if record.get("choices") or normalise(reference) in YES_NO:
+        return "closed"
+    return "open"
+
+
+def _rows(record: Any, stem: str, type_keys: Sequence[str], dataset_key: str) -> list[PredictionRow]:
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    if record.get("id") is None:
+        raise ValueError("field 'id': missing")
+    rid = str(record["id"])
+    qtype = next((str(record[k]) for k in type_keys if record.get(k) is not None), NO_TYPE)
+    dataset = str(record.get(dataset_key) or stem)
+    pairs = _pairs(record)
+    return [
+        _row(record, f"{rid}#{turn}" if turn else rid, pred, ref, qtype, dataset) for turn, pred, ref in pairs
+    ]
+
+
+def _pairs(record: dict[str, Any]) -> list[tuple[int, str, str]]:
+    """``(turn or 0, prediction, reference)`` for each scored question of a record."""
+    turns = record.get("conversations") or []
+    answers = [t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "gpt"]
+    refs = record.get("reference_turns")
+    if refs is not None:
+        if not isinstance(refs, list) or len(refs) != len(answers):
+            raise ValueError(
+                f"field 'reference_turns': expected a list with one reference (or null) per answered turn "
+                f"({len(answers)}), got {refs!r:.80}"
+            )
+        refs = list(refs)
+        if refs and refs[-1] is None and record.get("answer") is not None:
+            refs[-1] = record["answer"]
+        pairs = [
+            (k + 1, _text(a, "conversations"), _text(r, "reference_turns"))
+            for k, (a, r) in enumerate(zip(answers, refs))
+            if r is not None
+        ]
+        if not pairs:
+            raise ValueError("no reference answer: every entry of 'reference_turns' is null and no 'answer'")
+        return pairs
+    if record.get("prediction") is not None:
+        prediction = _text(record["prediction"], "prediction")
+        reference = record.get("answer", answers[-1] if answers else None)
+    else:
+        last = turns[-1] if turns else None
+        if not isinstance(last, dict) or last.get("from") != "gpt":
+            raise ValueError(
+                "no prediction: no 'prediction' field and the last conversation turn is not 'gpt'"
+            )
+        prediction = _text(last.get("value"), "conversations[-1].value")
+        reference = record.get("answer")
+    if reference is None:
+        raise ValueError("no reference answer: field 'answer' is missing")
+    return [(0, prediction, _text(reference, "answer"))]
+
+
+def _row(
+    record: dict[str, Any], rid: str, prediction: str, reference: str, qtype: str, dataset: str
+) -> PredictionRow:
+    kind = answer_kind(record, reference)
+    choices = record.get("choices")
+    if choices is not None and (
+        not isinstance(choices, list) or not all(isinstance(c, str) for c in choices)
+    ):
+        raise ValueError(f"field 'choices': expected a list of strings, got {choices!r:.80}")
+    letter = None
+    if kind == "choice":
+        letter = reference_letter(reference, record.get("answer_choice"))
+        if letter is None:
+            raise ValueError(
+                f"multiple-choice question without an option letter: no 'answer_choice' and no '(x)' in the "
+                f"reference {reference!r:.80}"
+            )
+    return PredictionRow(
+        rid, prediction, reference, kind, qtype, dataset, tuple(choices) if choices else None, letter
+    )
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"field {field!r}: expected a string, got {value!r:.60}")
+    return value
