@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test lint train clean chromium
+.PHONY: install test lint train clean chromium bench
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,11 +28,16 @@ chromium:
 		chromium; } || echo "make chromium: could not install Debian chromium; the screenshot test will skip"
 
 lint: install
-	$(BIN)/ruff check src tests train.py infer.py evaluate.py demo.py
-	$(BIN)/ruff format --check src tests train.py infer.py evaluate.py demo.py
+	$(BIN)/ruff check src tests train.py infer.py evaluate.py demo.py export.py
+	$(BIN)/ruff format --check src tests train.py infer.py evaluate.py demo.py export.py
 
 train: install
 	$(BIN)/python train.py $(ARGS)
+
+# benchmarks (not part of make test): medmvl vs transformers' Llava, layouts, memory, generation, 3D loader;
+# writes experiments/bench/results/*.json and results.md. ARGS="--threads 1" on a shared machine
+bench: install
+	$(BIN)/python experiments/bench/run.py $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -50,6 +50,22 @@ WORDS = (
 ).split()
 
 
+def add_threads_arg(parser: Any) -> None:
+    """``--threads``: torch intra-op threads (default: torch's, one per core)."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads; 1 is steadier on a machine shared with other jobs (each op's thread barrier "
+        "otherwise waits for a descheduled thread)",
+    )
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def compose_cfg(overrides: list[str]) -> DictConfig:
     """``train.yaml`` composed from the packaged ``conf/`` with ``overrides``."""
     GlobalHydra.instance().clear()

@@ -214,8 +214,9 @@ def llm_flops(model: Any, items: list[dict], args: argparse.Namespace, pad_id: i
 
 def compiled(model: Any, items: list[dict], args: argparse.Namespace, pad_id: int, eager_tps: float) -> dict:
     """``torch.compile`` of every decoder layer (in place): first step (compiles) and steady tokens/s."""
-    for layer in model.llm.get_decoder().layers:
-        layer.compile()
+    from medmvl.training.strategies import compile_blocks
+
+    compile_blocks(model.llm)  # what compile=true does
     opt = optimizer(model)
     batches = layout_batches(items[: args.batch_size * (args.steps + 1)], args.batch_size, "packed", pad_id)
     first = medmvl_step(model, opt, batches[0])[0]
@@ -287,7 +288,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="samples per step")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile")
     parser.add_argument("--memory", choices=("medmvl", "hf"), help="only measure peak memory of one system")
+    common.add_threads_arg(parser)
     args = parser.parse_args()
+    common.set_threads(args.threads)
     torch.manual_seed(0)
     if args.memory:
         common.save(f"memory_{args.memory}", {"memory": memory(args.memory, args), **vars(args)})
@@ -309,7 +312,10 @@ def main() -> None:
     if args.compile:
         print("torch.compile", flush=True)
         eager = result["layouts"]["packed"]["tokens_per_s"]
-        result["compile"] = compiled(model, items, args, pad_id, eager)
+        try:
+            result["compile"] = compiled(model, items, args, pad_id, eager)
+        except Exception as err:  # noqa: BLE001 -- report it with the other numbers
+            result["compile"] = {"error": f"{type(err).__name__}: {err}"[:500]}
     common.save("train", result)
 
 

@@ -188,7 +188,10 @@ def test_demo_3d_experiment_composes(tmp_path: Path) -> None:
 
 
 def test_demo_report_reads_volumes_as_training_did(
-    small: Path, tmp_path: Path, talkative_model_3d: MedVLM, monkeypatch: pytest.MonkeyPatch
+    small: Path,
+    tmp_path: Path,
+    talkative_model_3d: MedVLM,  # noqa: F811 (the fixture imported above)
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The post_train report answers every held-out volume question with the volume read by
     ``data.volume`` (no foreground crop here), and again text-only."""

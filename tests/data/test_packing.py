@@ -126,3 +126,31 @@ def test_fixed_pack_length_fills_rows(items: list[dict]) -> None:
     batch = PackingCollator(PAD, pack_length=total)(items)
     assert batch["input_ids"].shape == (1, total)  # one row, no padding at all
     assert int(batch["attention_mask"].sum()) == total
+
+
+def test_data_packing_switch_trains(tmp_path) -> None:
+    """``data.packing=true``: the datamodule packs, the module passes position ids, a step runs."""
+    from hydra.utils import instantiate
+
+    from medmvl.cli.train import train
+    from tests.cli.conftest import write_colour_set
+
+    ann = write_colour_set(tmp_path / "data")
+    overrides = [
+        "experiment=none",
+        "debug=fast",
+        "data.packing=true",
+        "data.pack_length=512",
+        f"data.annotations={ann}",
+        f"data.image_dir={tmp_path / 'data' / 'imgs'}",
+    ]
+    cfg = compose_train(overrides, output_dir=tmp_path / "run")
+    model = build_model(cfg)
+    dm = instantiate(cfg.data, _convert_="all")(
+        tokenizer=model.tokenizer,
+        image_token_counts=model.image_token_counts,
+        image_config=model.image_config,
+    )
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 1 and "position_ids" in batch  # 4 short samples in one row
+    assert "train/loss" in train(cfg)

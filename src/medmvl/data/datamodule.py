@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from medmvl.data.bucketing import LengthBuckets
 from medmvl.data.collate import Collator
 from medmvl.data.conversation import ConversationEncoder
 from medmvl.data.dataset import AnnotationDataset
@@ -58,6 +59,8 @@ class MedVLDataModule(L.LightningDataModule):
         packing: Pack several samples into each row, without padding between them (see
             :mod:`medmvl.data.packing`); ``False``: one sample per row, right-padded.
         pack_length: Tokens per packed row; ``None``: the batch's longest sample.
+        bucket_by_length: Batch training samples of similar length together (see
+            :mod:`medmvl.data.bucketing`; files of one modality; mixed files batch by modality).
         tokenizer: Built by the CLI with ``medmvl.models.tokenizer.load_tokenizer``.
         image_token_counts: Placeholder -> tokens per image, e.g. ``{"<image>": 64, "<image3d>": 256}``.
         image_config: The 2D encoder's preprocessing (``image_size``, ``image_mean``, ``image_std``,
@@ -84,6 +87,7 @@ class MedVLDataModule(L.LightningDataModule):
         augment3d: Mapping[str, Any] | None = None,
         packing: bool = False,
         pack_length: int | None = None,
+        bucket_by_length: bool = False,
         *,
         tokenizer: PreTrainedTokenizerBase,
         image_token_counts: Mapping[str, int],
@@ -194,6 +198,8 @@ class MedVLDataModule(L.LightningDataModule):
         groups = set(self.train_set.groups)
         if len(groups) > 1:
             log.info("%s mixes %s samples: one modality per batch", self.train_set.source, sorted(groups))
+            if self.hparams.bucket_by_length:
+                log.warning("data.bucket_by_length is not applied to a file that mixes modalities")
             return self._grouped_loader(self.train_set, self.hparams.batch_size, shuffle=True)
         workers = self.hparams.num_workers
         trainer = self.trainer
@@ -207,7 +213,15 @@ class MedVLDataModule(L.LightningDataModule):
             num_workers=workers,
             collate_fn=self.collator,
             persistent_workers=workers > 0,
+            arrange=self._buckets(),
         )
+
+    def _buckets(self) -> LengthBuckets | None:
+        """Length buckets of the training set under ``bucket_by_length`` (else ``None``)."""
+        if not self.hparams.bucket_by_length:
+            return None
+        lengths = [len(item.input_ids) for item in self.train_set.items]
+        return LengthBuckets(lengths, self.hparams.batch_size, seed=self._seed())
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches in file order, grouped by modality; ``[]`` when there is no validation file."""

@@ -18,7 +18,7 @@ A dataset whose transforms keep their own generators (MONAI ``Randomizable``) ca
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -38,13 +38,23 @@ class EpochSampler(DistributedSampler):
         seed: Seed of the orders and of the per-sample seeds.
         num_replicas: Data-parallel processes.
         rank: This process.
+        arrange: Optional ``arrange(order, epoch) -> order`` applied to this rank's epoch order (a pure
+            function, e.g. ``medmvl.data.bucketing.LengthBuckets``), so resuming still skips exactly.
     """
 
     def __init__(
-        self, dataset: Dataset, *, shuffle: bool, seed: int, num_replicas: int = 1, rank: int = 0
+        self,
+        dataset: Dataset,
+        *,
+        shuffle: bool,
+        seed: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        arrange: Callable[[list[int], int], list[int]] | None = None,
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.start = 0  # indices of this rank's epoch order to skip (set by the loader when resuming)
+        self.arrange = arrange
 
     def sample_seeds(self) -> torch.Tensor:
         """``[len(dataset)]`` int64 seeds of this epoch's samples (a function of seed, epoch and index)."""
@@ -52,7 +62,10 @@ class EpochSampler(DistributedSampler):
         return torch.randint(0, 2**62, (len(self.dataset),), generator=g)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = list(super().__iter__())[self.start :]
+        order = list(super().__iter__())
+        if self.arrange is not None:
+            order = self.arrange(order, self.epoch)
+        order = order[self.start :]
         self.start = 0
         seeds = self.sample_seeds()
         return iter([(i, int(seeds[i])) for i in order])
@@ -108,6 +121,7 @@ class ResumableLoader(DataLoader):
         seed: Seed of orders and augmentations (the run's ``seed``).
         num_replicas: Data-parallel processes (``trainer.world_size``).
         rank: This process (``trainer.global_rank``).
+        arrange: Reorders each epoch's indices (see :class:`EpochSampler`), e.g. length buckets.
         **kwargs: Other ``DataLoader`` arguments (``collate_fn``, ``num_workers``, ...).
     """
 
@@ -120,9 +134,12 @@ class ResumableLoader(DataLoader):
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        arrange: Callable[[list[int], int], list[int]] | None = None,
         **kwargs: Any,
     ) -> None:
-        sampler = EpochSampler(dataset, shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank)
+        sampler = EpochSampler(
+            dataset, shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank, arrange=arrange
+        )
         # its own generator: creating an iterator must not draw from the global RNG of the training loop
         generator = torch.Generator().manual_seed(seed)
         super().__init__(

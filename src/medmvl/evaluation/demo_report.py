@@ -64,7 +64,8 @@ def demo_report(
     Args:
         model: The trained model (moved to ``device`` for generation, then back).
         datamodule: The training ``MedVLDataModule``: its ``val_annotations``, ``image_dir``,
-            ``max_length``, ``format`` and ``system_prompt`` are the defaults here.
+            ``image3d_dir``, ``volume`` (how volumes are read), ``max_length``, ``format`` and
+            ``system_prompt`` are the defaults here.
         output_dir: Run folder for ``demo_results.json`` and ``demo_predictions.json``.
         annotations: Held-out annotation file (default: the datamodule's ``val_annotations``).
         image_dir: Folder of relative image paths (default: the datamodule's, else the file's folder).

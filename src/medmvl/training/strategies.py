@@ -169,7 +169,9 @@ class _Sharder:
         self.kwargs = kwargs
         self.units: list[Unit] = []
 
-    def _fully_shard(self, name: str, modules: nn.Module | list[nn.Module], params: list[nn.Parameter]) -> None:
+    def _fully_shard(
+        self, name: str, modules: nn.Module | list[nn.Module], params: list[nn.Parameter]
+    ) -> None:
         from torch.distributed.fsdp import fully_shard
 
         kinds = {p.requires_grad for p in params}
@@ -264,7 +266,7 @@ def compile_blocks(llm: nn.Module) -> int:
     """
     layers = _decoder_layers(llm)
     for layer in layers:
-        layer.compile()
+        layer.compile(dynamic=True)  # packed and padded batches change length every step
     log.info("torch.compile on %d LLM decoder layers", len(layers))
     return len(layers)
 

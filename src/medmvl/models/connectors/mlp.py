@@ -21,6 +21,8 @@ class MlpConnector(nn.Module):
             un-normalised residual stream can be orders of magnitude larger than the LLM's embeddings.
         init_std: re-initialise the last layer with this std (bias 0) so image tokens start at the scale of
             text embeddings (SmolLM2's have std ~0.14); ``None`` keeps PyTorch's default init.
+        init_identity: start as the identity map (needs ``depth`` 1 and ``in_dim == out_dim``), for
+            encoders that already emit LLM embeddings (e.g. ``CaptionSlotEncoder``).
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class MlpConnector(nn.Module):
         extra_tokens: int = 0,
         input_norm: bool = False,
         init_std: float | None = None,
+        init_identity: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -45,6 +48,14 @@ class MlpConnector(nn.Module):
         if init_std is not None:
             nn.init.normal_(self.proj[-1].weight, std=init_std)
             nn.init.zeros_(self.proj[-1].bias)
+        if init_identity:
+            if depth != 1 or in_dim != out_dim:
+                raise ValueError(
+                    f"MlpConnector init_identity needs depth 1 and in_dim == out_dim, got depth {depth}, "
+                    f"{in_dim} -> {out_dim}"
+                )
+            nn.init.eye_(self.proj[0].weight)
+            nn.init.zeros_(self.proj[0].bias)
         self.grid = tuple(grid)
         self.num_tokens = math.prod(self.grid) + extra_tokens
 

@@ -1,0 +1,113 @@
+"""Turn ``results/*.json`` into ``results/results.md``: the table the README shows, with the machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _load(name: str) -> dict:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def render() -> str:
+    train, gen, mem_m, mem_h, load3d = (
+        _load(n) for n in ("train", "generate", "memory_medmvl", "memory_hf", "loader_3d")
+    )
+    m = train.get("machine") or gen.get("machine") or {}
+    lines = [
+        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores ({', '.join(m.get('isa', []))}), "
+        f"torch {m.get('torch', '?')} with {m.get('torch_threads', '?')} threads, {m.get('date', '?')}; "
+        f"load average at start {m.get('load_average_at_start', '?')}. Model: SigLIP-style ViT (64 px, "
+        "patch 8, 64 tokens) + mlp + SmolLM2-135M-Instruct, fp32, SDPA, stage finetune.",
+        "",
+        "| measure | medmvl | transformers Llava | ratio | target |",
+        "|---|---|---|---|---|",
+    ]
+    if train:
+        a = train["versus_llava"]
+        lines.append(
+            f"| (a) training tokens/s, forward + backward | {a['medmvl']['tokens_per_s']:.1f} | "
+            f"{a['hf']['tokens_per_s']:.1f} | **{a['ratio']:.2f}×** | ≥ 1.5× |"
+        )
+        lines.append(
+            f"| (a) with one AdamW update per batch of {train['args']['batch_size']} | "
+            f"{a['medmvl']['tokens_per_s_with_update']:.1f} | {a['hf']['tokens_per_s_with_update']:.1f} | "
+            f"{a['ratio_with_update']:.2f}× | |"
+        )
+        lines.append(
+            f"| (b) non-pad tokens per step | {_pct(a['medmvl']['non_pad_share'])} (packed) | "
+            f"{_pct(a['hf']['non_pad_share'])} (padded) | | ≥ 95 % |"
+        )
+    if mem_m and mem_h:
+        mm, mh = mem_m["memory"], mem_h["memory"]
+        lines.append(
+            f"| (c) peak RSS while training, MiB (above the loaded model) | {mm['peak_mib']:.0f} "
+            f"(+{mm['training_mib']:.0f}) | {mh['peak_mib']:.0f} (+{mh['training_mib']:.0f}) | "
+            f"{mh['training_mib'] / max(mm['training_mib'], 1):.2f}× less | |"
+        )
+    if gen:
+        lines.append(
+            f"| (d) generation tokens/s (batch {gen['args']['batch_size']}, {gen['args']['new_tokens']} new, "
+            f"greedy; same tokens {_pct(gen['same_tokens'])}) | {gen['medmvl']['tokens_per_s']:.2f} | "
+            f"{gen['hf']['tokens_per_s']:.2f} | **{gen['ratio']:.2f}×** | ≥ 1.0× |"
+        )
+    if load3d:
+        t = load3d["training"]
+        lines.append(
+            f"| (e) 3D volumes/s: loader (1 worker, no cache / cached) vs training consumes | "
+            f"{max(load3d['loader_no_cache']):.2f} / {max(load3d['loader_cached']):.2f} | "
+            f"{t['volumes_per_s']:.3f} (training) | **{load3d['loader_over_training']:.0f}×** | > 1× |"
+        )
+    if train:
+        f = train["llm_flops"]
+        lines.append(
+            f"| (f) LLM part (decoder + head, fwd + bwd) GFLOP/s vs fp32 matmul peak | "
+            f"{f['flops_per_s'] / 1e9:.1f} | peak {f['matmul_peak_flops_per_s'] / 1e9:.1f} | "
+            f"{_pct(f['share_of_peak'])} of peak | |"
+        )
+        lines += [
+            "",
+            "Batch layouts (medmvl, the same samples; forward + backward):",
+            "",
+            "| layout | non-pad share | rows × width per step | tokens/s |",
+            "|---|---|---|---|",
+        ]
+        for name, x in train["layouts"].items():
+            lines.append(
+                f"| {name} | {_pct(x['non_pad_share'])} | {x['rows_per_step']:.1f} × {x['width_per_step']:.0f} | "
+                f"{x['tokens_per_s']:.1f} |"
+            )
+        b = train["bf16"]
+        lines += [
+            "",
+            f"bf16 on this CPU: matmul {b['matmul_bf16_flops_per_s'] / 1e9:.2f} GFLOP/s vs fp32 "
+            f"{b['matmul_fp32_flops_per_s'] / 1e9:.2f}; a tiny-model training step with bf16 autocast took "
+            f"{b['bf16_slowdown']:.0f}× as long as fp32.",
+        ]
+        if "error" in train.get("compile", {}):
+            lines.append(f"torch.compile failed here: {train['compile']['error']}")
+        elif "compile" in train:
+            c = train["compile"]
+            lines.append(
+                f"torch.compile (decoder layers): first step {c['first_step_s']:.0f} s (compiling), then "
+                f"{c['tokens_per_s']:.1f} tokens/s vs eager {c['eager_tokens_per_s']:.1f} ({c['speedup']:.2f}×)."
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    text = render()
+    (RESULTS / "results.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
