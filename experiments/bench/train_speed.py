@@ -1,20 +1,22 @@
 """Training throughput: medmvl vs transformers' Llava, batch layouts, LLM FLOP/s, torch.compile, bf16.
 
-One process, one model, the same samples for every system (``common.write_mix``), training steps with the
-``finetune`` stage (vision tower frozen; projector + LLM trained), fp32, SDPA. Each step is timed as
-forward + backward (where the two implementations differ) and, apart, the AdamW update (the same work for
-both; amortised over gradient accumulation in real runs):
+One process, one model, the same samples for every configuration (``common.write_mix``), training steps
+with the ``finetune`` stage (vision tower frozen; projector + LLM trained), fp32, SDPA. Each step is timed
+as forward + backward (where the implementations differ) and, apart, the AdamW update (the same work
+for both; amortised over gradient accumulation in real runs). Steps of all configurations are
+interleaved, so machine load hits them alike. Tokens = sample tokens (image tokens included, padding not).
 
-* (a) tokens/s of medmvl (packed rows, LM head on supervised positions only) against
-  ``LlavaForConditionalGeneration`` with identical weights on right-padded batches (its standard use:
-  logits over the whole vocabulary at every position); steps alternate between the two, so load on
-  the machine hits both alike. Tokens = sample tokens, image tokens included, padding excluded.
-* (b) the share of non-pad tokens per step of each layout: ``padded`` (batches in data order),
-  ``bucketed`` (the same samples sorted by length, then batched), ``packed`` (``data.packing=true``, rows
-  as long as the batch's longest sample) and ``packed_row`` (one row per batch), with medmvl's tokens/s.
+* (a) tokens/s of medmvl (``data.bucket_by_length`` batches, LM head on supervised positions only)
+  against ``LlavaForConditionalGeneration`` with identical weights on right-padded batches in data order
+  (its standard use: logits over the whole vocabulary at every position); and both on the same batches
+  (padded, bucketed), which isolates the LM-head saving.
+* (b) non-pad share per step and medmvl tokens/s of each layout: ``padded``, ``bucketed``, ``packed``
+  (``data.packing=true``: rows as long as the batch's longest sample, block-diagonal attention) and
+  ``packed_row`` (one row per batch, ``data.pack_length`` = the batch's tokens).
 * (f) executed FLOPs of the LLM part (decoder + LM head, forward + backward; ``FlopCounterMode``) per
   second, against the fp32 matmul peak measured in the same run.
-* ``--compile``: decoder layers compiled in place (``nn.Module.compile``); first-step and steady tokens/s.
+* ``--compile``: ``compile=true`` (decoder layers compiled in place); first step (compiling) and steady
+  tokens/s on the bucketed batches.
 * ``bf16``: bf16 autocast against fp32 on this CPU (matmul peak, and a step of the tiny model).
 * ``--memory medmvl|hf``: (c) peak resident memory of training steps of one system, in a fresh process.
 
@@ -24,7 +26,6 @@ Usage: ``python experiments/bench/train_speed.py [--steps 3 --batch-size 8] [--c
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import tempfile
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Any
 import common
 import torch
 
+from medmvl.data.bucketing import LengthBuckets
 from medmvl.data.collate import Collator
 from medmvl.data.conversation import IGNORE_INDEX
 from medmvl.data.packing import PackingCollator
@@ -41,12 +43,17 @@ INPUTS = ("input_ids", "attention_mask", "labels", "pixel_values", "position_ids
 
 
 def layout_batches(items: list[dict], batch_size: int, layout: str, pad_id: int) -> list[dict]:
-    """Collate ``items`` into batches of ``batch_size`` samples in one layout."""
+    """Collate ``items`` into batches of ``batch_size`` samples in one layout.
+
+    ``padded`` / ``packed`` / ``packed_row``: batches in data order (random with respect to length), one
+    sample per row / packed into rows as long as the batch's longest sample / one row per batch;
+    ``bucketed``: the same samples ordered by ``data.bucket_by_length``'s ``LengthBuckets`` (one window
+    over all of them), one sample per row.
+    """
     if layout == "bucketed":
-        items = sorted(items, key=lambda it: len(it["input_ids"]))
+        buckets = LengthBuckets([len(it["input_ids"]) for it in items], batch_size, window=len(items))
+        items = [items[i] for i in buckets(list(range(len(items))), epoch=0)]
     chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
-    if layout == "bucketed":
-        random.Random(0).shuffle(chunks)
     if layout == "packed":
         return [PackingCollator(pad_id)(chunk) for chunk in chunks]
     if layout == "packed_row":  # one row per batch: pack_length = the batch's total
@@ -112,70 +119,81 @@ def same_function(model: Any, twin: Any, items: list[dict], pad_id: int) -> floa
     return abs(float(ours) - float(theirs))
 
 
-def versus_llava(model: Any, twin: Any, items: list[dict], args: argparse.Namespace, pad_id: int) -> dict:
-    """(a): alternate medmvl (packed) and Llava (padded) steps over the same samples."""
-    chunks = [items[i : i + args.batch_size] for i in range(0, len(items), args.batch_size)]
-    chunks = chunks[: args.steps + 1]  # the first is a warm-up
-    opts = {"medmvl": optimizer(model), "hf": optimizer(twin)}
-    times: dict[str, list[tuple[float, float]]] = {"medmvl": [], "hf": []}
-    n_tokens, non_pad = [], []
-    for i, chunk in enumerate(chunks):
-        packed, padded = PackingCollator(pad_id)(chunk), Collator(pad_id)(chunk)
-        for name in ("medmvl", "hf") if i % 2 == 0 else ("hf", "medmvl"):
-            if name == "medmvl":
-                dt = medmvl_step(model, opts["medmvl"], packed)
-            else:
-                dt = hf_step(twin, opts["hf"], padded)
-            if i:
-                times[name].append(dt)
-        if i:
-            n_tokens.append(tokens(padded))
-            non_pad.append(
-                {
-                    "medmvl": tokens(packed) / packed["input_ids"].numel(),
-                    "hf": tokens(padded) / padded["input_ids"].numel(),
-                }
-            )
-        print(f"  step {i}: medmvl {times['medmvl'][-1:]} hf {times['hf'][-1:]}", flush=True)
-    total = sum(n_tokens)
-    out: dict[str, Any] = {"tokens_per_step": n_tokens}
-    for name, t in times.items():
-        fwd_bwd, update = sum(x for x, _ in t), sum(u for _, u in t)
+CONFIGS = {  # name: (system, layout)
+    "medmvl_bucketed": ("medmvl", "bucketed"),
+    "medmvl_padded": ("medmvl", "padded"),
+    "medmvl_packed": ("medmvl", "packed"),
+    "medmvl_packed_row": ("medmvl", "packed_row"),
+    "hf_padded": ("hf", "padded"),
+    "hf_bucketed": ("hf", "bucketed"),
+}
+
+
+def throughput(model: Any, twin: Any, items: list[dict], args: argparse.Namespace, pad_id: int) -> dict:
+    """(a), (b): every configuration on the same samples, steps interleaved (round-robin, rotating)."""
+    warm, timed_items = items[: args.batch_size], items[args.batch_size : args.batch_size * (args.steps + 1)]
+    nets = {"medmvl": (model, medmvl_step, optimizer(model)), "hf": (twin, hf_step, optimizer(twin))}
+    for net, step, opt in nets.values():  # warm-up
+        step(net, opt, Collator(pad_id)(warm))
+    batches = {
+        name: layout_batches(timed_items, args.batch_size, layout, pad_id)
+        for name, (_, layout) in CONFIGS.items()
+    }
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in CONFIGS}
+    names = list(CONFIGS)
+    for i in range(args.steps):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            net, step, opt = nets[CONFIGS[name][0]]
+            times[name].append(step(net, opt, batches[name][i]))
+        print(f"  step {i}: " + ", ".join(f"{n} {times[n][-1][0]:.1f}s" for n in names), flush=True)
+    out: dict[str, Any] = {}
+    for name in names:
+        real = sum(tokens(b) for b in batches[name])
+        fwd_bwd, update = sum(x for x, _ in times[name]), sum(u for _, u in times[name])
         out[name] = {
-            "tokens_per_s": total / fwd_bwd,  # forward + backward
-            "tokens_per_s_with_update": total / (fwd_bwd + update),  # + one AdamW step per batch
-            "fwd_bwd_s": [round(x, 3) for x, _ in t],
-            "update_s": [round(u, 3) for _, u in t],
-            "non_pad_share": statistics.mean(s[name] for s in non_pad),
+            "tokens": real,
+            "tokens_per_s": real / fwd_bwd,  # forward + backward
+            "tokens_per_s_with_update": real / (fwd_bwd + update),  # + one AdamW step per batch
+            "non_pad_share": real / sum(b["input_ids"].numel() for b in batches[name]),
+            "rows_per_step": statistics.mean(b["input_ids"].shape[0] for b in batches[name]),
+            "width_per_step": statistics.mean(b["input_ids"].shape[1] for b in batches[name]),
+            "fwd_bwd_s": [round(x, 3) for x, _ in times[name]],
+            "update_s": [round(u, 3) for _, u in times[name]],
         }
-    out["ratio"] = out["medmvl"]["tokens_per_s"] / out["hf"]["tokens_per_s"]
-    out["ratio_with_update"] = (
-        out["medmvl"]["tokens_per_s_with_update"] / out["hf"]["tokens_per_s_with_update"]
-    )
+    tps = {name: out[name]["tokens_per_s"] for name in names}
+    out["ratios"] = {
+        # (a): each system batched its own way -- medmvl's CPU recommendation vs Llava's default
+        "medmvl_bucketed_vs_hf_padded": tps["medmvl_bucketed"] / tps["hf_padded"],
+        "medmvl_bucketed_vs_hf_padded_with_update": out["medmvl_bucketed"]["tokens_per_s_with_update"]
+        / out["hf_padded"]["tokens_per_s_with_update"],
+        # the same batches for both: the supervised-only LM head alone
+        "same_batches_padded": tps["medmvl_padded"] / tps["hf_padded"],
+        "same_batches_bucketed": tps["medmvl_bucketed"] / tps["hf_bucketed"],
+    }
     return out
 
 
-def layouts(model: Any, items: list[dict], args: argparse.Namespace, pad_id: int) -> dict:
-    """(b): non-pad share and medmvl tokens/s of each batch layout over the same samples."""
-    used = items[args.batch_size : args.batch_size * (args.steps + 1)]
-    opt = optimizer(model)
-    names = ("padded", "bucketed", "packed", "packed_row")
-    batches = {name: layout_batches(used, args.batch_size, name, pad_id) for name in names}
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(len(batches["padded"])):
-        for name in names[i % len(names) :] + names[: i % len(names)]:
-            times[name].append(medmvl_step(model, opt, batches[name][i])[0])
-        print(f"  layout step {i}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names), flush=True)
+def epoch_shares(items: list[dict], batch_size: int, pad_id: int) -> dict:
+    """(b) over a whole epoch of the mix, as the training loader batches it (no timing: shapes only).
+
+    ``bucketed`` uses the loader's own window (``LengthBuckets`` default, 32 batches), so this is the share
+    ``data.bucket_by_length=true`` gives in training; the timed runs bucket a smaller pool.
+    """
+    lengths = [len(it["input_ids"]) for it in items]
+    order = LengthBuckets(lengths, batch_size)(list(range(len(items))), epoch=0)
+    chunks = {
+        "padded": [items[i : i + batch_size] for i in range(0, len(items), batch_size)],
+        "bucketed": [[items[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)],
+    }
     out = {}
-    for name in names:
-        real = sum(tokens(b) for b in batches[name])
-        slots = sum(b["input_ids"].numel() for b in batches[name])
-        out[name] = {
-            "non_pad_share": real / slots,
-            "tokens_per_s": real / sum(times[name]),
-            "rows_per_step": statistics.mean(b["input_ids"].shape[0] for b in batches[name]),
-            "width_per_step": statistics.mean(b["input_ids"].shape[1] for b in batches[name]),
-        }
+    for name, collate, which in (
+        ("padded", Collator(pad_id), "padded"),
+        ("packed", PackingCollator(pad_id), "padded"),
+        ("bucketed", Collator(pad_id), "bucketed"),
+    ):
+        batches = [collate(c) for c in chunks[which]]
+        out[name] = sum(tokens(b) for b in batches) / sum(b["input_ids"].numel() for b in batches)
+    out["samples"] = len(items)
     return out
 
 
@@ -218,10 +236,13 @@ def compiled(model: Any, items: list[dict], args: argparse.Namespace, pad_id: in
 
     compile_blocks(model.llm)  # what compile=true does
     opt = optimizer(model)
-    batches = layout_batches(items[: args.batch_size * (args.steps + 1)], args.batch_size, "packed", pad_id)
-    first = medmvl_step(model, opt, batches[0])[0]
-    times = [medmvl_step(model, opt, b)[0] for b in batches[1:]]
-    real = sum(tokens(b) for b in batches[1:])
+    first = medmvl_step(model, opt, Collator(pad_id)(items[: args.batch_size]))[0]  # compiles
+    # the batches of the eager measurement (``throughput``'s medmvl_bucketed)
+    batches = layout_batches(
+        items[args.batch_size : args.batch_size * (args.steps + 1)], args.batch_size, "bucketed", pad_id
+    )
+    times = [medmvl_step(model, opt, b)[0] for b in batches]
+    real = sum(tokens(b) for b in batches)
     return {
         "first_step_s": first,
         "step_s": [round(t, 3) for t in times],
@@ -270,14 +291,12 @@ def memory(system: str, args: argparse.Namespace) -> dict:
     if system == "hf":
         del model
     opt = optimizer(net)
-    chunks = [items[i : i + args.batch_size] for i in range(0, len(items), args.batch_size)]
+    layout, step = ("bucketed", medmvl_step) if system == "medmvl" else ("padded", hf_step)
+    batches = layout_batches(items, args.batch_size, layout, pad_id)
     loaded = common.rss_mib()
     common.peak_rss_reset()
-    for chunk in chunks:
-        if system == "medmvl":
-            medmvl_step(net, opt, PackingCollator(pad_id)(chunk))
-        else:
-            hf_step(net, opt, Collator(pad_id)(chunk))
+    for batch in batches:
+        step(net, opt, batch)
     peak = common.rss_mib("VmHWM")
     return {"loaded_mib": loaded, "peak_mib": peak, "training_mib": peak - loaded}
 
@@ -287,31 +306,31 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per system (after one warm-up)")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per step")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile")
+    parser.add_argument("--epoch-samples", type=int, default=256, help="mix size for the epoch non-pad share")
     parser.add_argument("--memory", choices=("medmvl", "hf"), help="only measure peak memory of one system")
     common.add_threads_arg(parser)
     args = parser.parse_args()
     common.set_threads(args.threads)
     torch.manual_seed(0)
     if args.memory:
-        common.save(f"memory_{args.memory}", {"memory": memory(args.memory, args), **vars(args)})
+        common.save(f"memory_{args.memory}", {"args": vars(args), "memory": memory(args.memory, args)})
         return
     result: dict[str, Any] = {"machine": common.machine(), "args": vars(args)}
     peak = common.matmul_peak()
-    model, _, items, pad_id = setup(args.batch_size * (args.steps + 1))
+    model, _, items, pad_id = setup(max(args.epoch_samples, args.batch_size * (args.steps + 1)))
+    result["epoch_non_pad_share"] = epoch_shares(items, args.batch_size, pad_id)
     twin = common.llava_twin(model)
     result["same_function_loss_diff"] = same_function(model, twin, items[: args.batch_size], pad_id)
-    print("(a) medmvl vs Llava", flush=True)
-    result["versus_llava"] = versus_llava(model, twin, items, args, pad_id)
+    print("(a), (b) medmvl vs Llava, batch layouts", flush=True)
+    result["throughput"] = throughput(model, twin, items, args, pad_id)
     del twin
-    print("(b) layouts", flush=True)
-    result["layouts"] = layouts(model, items, args, pad_id)
     print("(f) LLM FLOP/s", flush=True)
     result["llm_flops"] = llm_flops(model, items, args, pad_id, max(peak, common.matmul_peak()))
     print("bf16", flush=True)
     result["bf16"] = bf16_autocast()
     if args.compile:
         print("torch.compile", flush=True)
-        eager = result["layouts"]["packed"]["tokens_per_s"]
+        eager = result["throughput"]["medmvl_bucketed"]["tokens_per_s"]
         try:
             result["compile"] = compiled(model, items, args, pad_id, eager)
         except Exception as err:  # noqa: BLE001 -- report it with the other numbers

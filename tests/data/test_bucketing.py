@@ -10,7 +10,8 @@ from torch.utils.data import Dataset
 from medmvl.data.bucketing import LengthBuckets
 from medmvl.data.resumable import ResumableLoader
 
-LENGTHS = [random.Random(0).randint(20, 300) for _ in range(203)]
+_RNG = random.Random(0)
+LENGTHS = [_RNG.randint(20, 300) for _ in range(203)]
 
 
 def _batches(order: list[int], size: int) -> list[list[int]]:

@@ -129,7 +129,7 @@ def test_fixed_pack_length_fills_rows(items: list[dict]) -> None:
 
 
 def test_data_packing_switch_trains(tmp_path) -> None:
-    """``data.packing=true``: the datamodule packs, the module passes position ids, a step runs."""
+    """``data.packing`` / ``bucket_by_length``: the loader buckets and packs, the module takes position ids."""
     from hydra.utils import instantiate
 
     from medmvl.cli.train import train
@@ -141,6 +141,7 @@ def test_data_packing_switch_trains(tmp_path) -> None:
         "debug=fast",
         "data.packing=true",
         "data.pack_length=512",
+        "data.bucket_by_length=true",
         f"data.annotations={ann}",
         f"data.image_dir={tmp_path / 'data' / 'imgs'}",
     ]
@@ -151,6 +152,8 @@ def test_data_packing_switch_trains(tmp_path) -> None:
         image_token_counts=model.image_token_counts,
         image_config=model.image_config,
     )
-    batch = next(iter(dm.train_dataloader()))
+    loader = dm.train_dataloader()
+    assert loader.sampler.arrange is not None  # length buckets, then packing within each batch
+    batch = next(iter(loader))
     assert batch["input_ids"].shape[0] == 1 and "position_ids" in batch  # 4 short samples in one row
     assert "train/loss" in train(cfg)
