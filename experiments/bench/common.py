@@ -32,7 +32,8 @@ from PIL import Image  # noqa: E402
 import medmvl  # noqa: E402
 
 CONF_DIR = Path(medmvl.__file__).parent / "conf"
-RESULTS = Path(__file__).parent / "results"
+# where the JSON results go (``run.py --quick`` points this at a scratch folder)
+RESULTS = Path(os.environ.get("MEDMVL_BENCH_RESULTS") or Path(__file__).parent / "results")
 MODEL = [
     "experiment=none",
     "encoder=siglip_small",

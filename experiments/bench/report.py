@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(os.environ.get("MEDMVL_BENCH_RESULTS") or Path(__file__).parent / "results")
 
 
 def _load(name: str) -> dict:
@@ -24,7 +25,7 @@ def render() -> str:
     m = train.get("machine") or gen.get("machine") or {}
     lines = [
         f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores ({', '.join(m.get('isa', []))}), "
-        f"torch {m.get('torch', '?')} with {m.get('torch_threads', '?')} threads, {m.get('date', '?')}; "
+        f"torch {m.get('torch', '?')} with {m.get('torch_threads', '?')} thread(s), {m.get('date', '?')}; "
         f"load average at start {m.get('load_average_at_start', '?')}. Model: SigLIP-style ViT (64 px, "
         "patch 8, 64 tokens) + mlp + SmolLM2-135M-Instruct, fp32, SDPA, stage finetune.",
         "",
@@ -73,11 +74,11 @@ def render() -> str:
             f"{gen['hf']['tokens_per_s']:.2f} | **{gen['ratio']:.2f}×** | ≥ 1.0× |"
         )
     if load3d:
-        t = load3d["training"]
+        consumed = load3d["training"]
         lines.append(
             f"| (e) 3D volumes/s: loader (1 worker, no cache / cached) vs training consumes | "
             f"{max(load3d['loader_no_cache']):.2f} / {max(load3d['loader_cached']):.2f} | "
-            f"{t['volumes_per_s']:.3f} (training) | **{load3d['loader_over_training']:.0f}×** | > 1× |"
+            f"{consumed['volumes_per_s']:.3f} (training) | **{load3d['loader_over_training']:.1f}×** | > 1× |"
         )
     if train:
         f = train["llm_flops"]

@@ -7,8 +7,10 @@ sizes (a smoke test of the scripts, not numbers to quote).
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,11 +25,14 @@ def main() -> None:
     args = parser.parse_args()
     threads = ["--threads", str(args.threads)] if args.threads else []
     quick = {
-        "train": ["--steps", "1", "--batch-size", "4"],
+        "train": ["--steps", "1", "--batch-size", "4", "--epoch-samples", "16"],
         "generate": ["--batch-size", "2", "--new-tokens", "4", "--repeats", "1"],
         "loader": ["--volumes", "2", "--steps", "1"],
     }
     size = quick if args.quick else {"train": [], "generate": [], "loader": []}
+    if args.quick:  # smoke numbers must not overwrite the recorded results
+        os.environ["MEDMVL_BENCH_RESULTS"] = tempfile.mkdtemp(prefix="medmvl-bench-quick-")
+        print(f"--quick: results go to {os.environ['MEDMVL_BENCH_RESULTS']}")
     jobs = [
         ["train_speed.py", *size["train"], *(["--compile"] if args.compile else [])],
         ["train_speed.py", "--memory", "medmvl", *size["train"]],

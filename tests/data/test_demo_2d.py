@@ -13,10 +13,10 @@ import pytest
 
 from medmvl.assets import resolve_path
 from medmvl.data import demo_sources as src
-from medmvl.data.demo import build_demo_2d
-from medmvl.data.demo_questions import OPEN_TYPES, TYPE_WEIGHTS, plan_split
+from medmvl.data.demo import build_demo_2d, questions
+from medmvl.data.demo_questions import CAPTION_ORGANS, OPEN_TYPES, TYPE_WEIGHTS, caption, plan_split
 
-SMALL = {"seed": 0, "n_train": 120, "n_val": 60, "image_size": 32}
+SMALL = {"seed": 0, "n_train": 120, "n_val": 60, "image_size": 32, "turns": 3}
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,14 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def splits(small: Path) -> dict[str, list[dict]]:
     return {s: json.loads((small / f"{s}.json").read_text()) for s in ("train", "val")}
+
+
+@pytest.fixture(scope="module")
+def flat(splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """One dict per question (multi-turn training records expanded), with its record's metadata."""
+    return {
+        split: [{**s, **q} for s in samples for q in questions(s)] for split, samples in splits.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -64,20 +72,25 @@ def test_reuses_a_matching_build_and_rebuilds_otherwise(small: Path, tmp_path: P
         build_demo_2d(foreign, n_train=2, n_val=2, image_size=8)
 
 
-def test_llava_format(small: Path, splits: dict[str, list[dict]]) -> None:
+def test_llava_format(small: Path, splits: dict[str, list[dict]], flat: dict[str, list[dict]]) -> None:
     ids = set()
     for split, samples in splits.items():
-        assert len(samples) == SMALL[f"n_{split}"]
+        assert len(flat[split]) == SMALL[f"n_{split}"]
+        turns = Counter(len(s["conversations"]) // 2 for s in samples)
+        assert max(turns) == (SMALL["turns"] if split == "train" else 1), turns
         for s in samples:
             assert s["id"] not in ids
             ids.add(s["id"])
             conv = s["conversations"]
             assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2) and len(conv) % 2 == 0
             assert sum(t["value"].count("<image>") for t in conv) == len(s["image"]) == 1
-            assert conv[0]["value"].startswith("<image>\n") and conv[-1]["value"] == s["answer"]
-            assert s["answer_type"] == ("open" if s["question_type"] in OPEN_TYPES else "closed")
-            if s["answer_type"] == "closed":
-                assert s["answer"] in s["choices"] and len(s["choices"]) == 2
+            assert conv[0]["value"].startswith("<image>\n")
+            if len(conv) == 2:
+                assert conv[-1]["value"] == s["answer"]
+            for q in questions(s):
+                assert q["answer_type"] == ("open" if q["question_type"] in OPEN_TYPES else "closed")
+                if q["answer_type"] == "closed":
+                    assert q["answer"] in q["choices"] and len(q["choices"]) == 2
             img = small / s["image"][0]
             assert img.is_file() and img.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     schema = pytest.importorskip("medmvl.data.schema")
@@ -85,7 +98,35 @@ def test_llava_format(small: Path, splits: dict[str, list[dict]]) -> None:
         schema.load_annotations(small / f"{split}.json")
 
 
-def test_no_leakage_between_splits(splits: dict[str, list[dict]]) -> None:
+def test_captions_pair_each_training_image_with_its_labels(
+    small: Path, splits: dict[str, list[dict]], views: list[src.View]
+) -> None:
+    pairs = json.loads((small / "captions.json").read_text())
+    assert [p["image"] for p in pairs] == [s["image"] for s in splits["train"]]
+    by_key = {(v.source, v.index): v for v in views}
+    for p in pairs:
+        conv = p["conversations"]
+        assert [t["from"] for t in conv] == ["human", "gpt"] and conv[0]["value"] == "<image>"
+        view = by_key[(p["source"], p["source_index"])]
+        assert conv[1]["value"] == caption(view, p["flipped"])
+    pytest.importorskip("medmvl.data.schema").load_annotations(small / "captions.json")
+
+
+def test_caption_states_labels_at_fixed_positions(views: list[src.View]) -> None:
+    ct = {v.index: v for v in views if v.source == src.CT_REF}
+    text = caption(ct[28], flip=False)
+    assert text.startswith("The liver is seen on the right. The heart is absent from this slice.")
+    assert text.endswith("CT of the abdomen.")
+    assert "The liver is seen on the left." in caption(ct[28], flip=True)
+    # every organ sentence has 7 words (8 tokens) whatever its status: a fact has one position in all captions
+    for v in views:
+        words = caption(v, flip=False).split()
+        assert len(words) >= 7 * len(CAPTION_ORGANS)
+        for k, organ in enumerate(CAPTION_ORGANS):
+            assert words[7 * k + 1] == organ and words[7 * k + 6].endswith(".")
+
+
+def test_no_leakage_between_splits(splits: dict[str, list[dict]], flat: dict[str, list[dict]]) -> None:
     used = {split: {(s["source"], s["source_index"]) for s in samples} for split, samples in splits.items()}
     assert not used["train"] & used["val"]
     emri = src.PYDICOM_DATA + "emri_small.dcm"
@@ -96,17 +137,17 @@ def test_no_leakage_between_splits(splits: dict[str, list[dict]]) -> None:
             if r == ref:
                 assert np.abs(train_z - z).min() > gap, (ref, z)
     # held-out material always has training material of the same modality
-    trained = {s["answer"] for s in splits["train"] if s["question_type"] == "modality_open"}
-    assert {s["answer"] for s in splits["val"] if s["question_type"] == "modality_open"} <= trained
+    trained = {s["answer"] for s in flat["train"] if s["question_type"] == "modality_open"}
+    assert {s["answer"] for s in flat["val"] if s["question_type"] == "modality_open"} <= trained
 
 
-def test_ct_labels_agree_with_the_mask(splits: dict[str, list[dict]], mask_las: np.ndarray) -> None:
+def test_ct_labels_agree_with_the_mask(flat: dict[str, list[dict]], mask_las: np.ndarray) -> None:
     counts = np.stack(
         [np.bincount(mask_las[:, :, z].ravel(), minlength=256) for z in range(mask_las.shape[2])]
     )
     cord_i = {}
-    for s in (s for ss in splits.values() for s in ss if s["source"] == src.CT_REF):
-        z, text = s["source_index"], s["conversations"][0]["value"]
+    for s in (s for ss in flat.values() for s in ss if s["source"] == src.CT_REF):
+        z, text = s["source_index"], s["question"]
         sl = mask_las[:, :, z]  # [i: toward patient left, j: toward anterior]
         organ = next((o for o in src.ORGAN_LABELS if f"the {o}" in text), None)
         if s["question_type"] == "organ_presence":
@@ -134,10 +175,10 @@ def test_display_is_radiological(views: list[src.View], mask_las: np.ndarray) ->
     assert np.array_equal(display[::-1, :], mask_las[:, :, 40].T)  # only the A/P axis differs from LAS
 
 
-def test_modality_and_region_match_dicom_tags(splits: dict[str, list[dict]]) -> None:
+def test_modality_and_region_match_dicom_tags(flat: dict[str, list[dict]]) -> None:
     tag_region = {"CHEST": "chest", "HEAD": "head"}
     headers: dict[str, pydicom.Dataset] = {}
-    for s in (s for ss in splits.values() for s in ss if s["source"].startswith(src.PYDICOM_DATA)):
+    for s in (s for ss in flat.values() for s in ss if s["source"].startswith(src.PYDICOM_DATA)):
         if s["source"] not in headers:
             headers[s["source"]] = pydicom.dcmread(resolve_path(s["source"]), stop_before_pixels=True)
         ds = headers[s["source"]]
@@ -159,7 +200,8 @@ def test_default_size_plans_are_balanced(views: list[src.View], split: str, n: i
     planned = plan_split(views, split, n, np.random.default_rng([0, 0 if split == "train" else 1]))
     samples = [{"question_type": p.question_type, "answer": p.answer, "choices": p.choices,
                 "conversations": [{"value": p.question}]} for p in planned]  # fmt: skip
-    assert Counter(s["question_type"] for s in samples) == {t: round(n * w) for t, w in TYPE_WEIGHTS.items()}
+    weights = TYPE_WEIGHTS[split]
+    assert Counter(s["question_type"] for s in samples) == {t: round(n * w) for t, w in weights.items()}
     per_group: dict[tuple, Counter] = defaultdict(Counter)
     first = Counter()
     for s in samples:

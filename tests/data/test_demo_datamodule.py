@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from hydra.utils import instantiate
 
 from tests.conftest import compose_train
@@ -22,6 +24,7 @@ def test_prepare_data_builds_and_batches(tmp_path) -> None:
             "data.n_train=24",
             "data.n_val=12",
             "data.image_size=32",
+            "data.turns=2",
             "data.num_workers=0",
             "data.batch_size=4",
         ],
@@ -35,7 +38,9 @@ def test_prepare_data_builds_and_batches(tmp_path) -> None:
     dm.prepare_data()
     assert (tmp_path / "demo" / "train.json").exists() and (tmp_path / "demo" / "val.json").exists()
     dm.setup("fit")
-    assert len(dm.train_set) == 24 and len(dm.val_set) == 12
+    train = json.loads((tmp_path / "demo" / "train.json").read_text())
+    assert len(dm.train_set) == len(train) < 24 and len(dm.val_set) == 12
+    assert sum(len(s["conversations"]) // 2 for s in train) == 24  # 24 questions, up to 2 per image
     batch = next(iter(dm.train_dataloader()))
     assert batch["pixel_values"].shape == (4, 3, 32, 32)
     assert int((batch["input_ids"] == tokenizer.convert_tokens_to_ids("<image>")).sum()) == 4 * 16

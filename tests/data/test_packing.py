@@ -157,3 +157,28 @@ def test_data_packing_switch_trains(tmp_path) -> None:
     batch = next(iter(loader))
     assert batch["input_ids"].shape[0] == 1 and "position_ids" in batch  # 4 short samples in one row
     assert "train/loss" in train(cfg)
+
+
+def test_frozen_encoder_has_no_graph_and_head_sees_only_supervised_positions(items: list[dict]) -> None:
+    """The two always-on savings: no autograd through a frozen tower, LM head on supervised tokens only."""
+    from omegaconf import OmegaConf
+
+    from medmvl.training.stages import apply_stage
+
+    cfg = compose_train(["experiment=none", "stage=finetune"])  # encoder frozen, connector + LLM trained
+    model = build_model(cfg)
+    apply_stage(model, OmegaConf.to_container(cfg.stage, resolve=True))
+    seen: dict[str, torch.Tensor] = {}
+    model.encoder.register_forward_hook(lambda m, i, out: seen.update(encoder=out))
+    model.connector.register_forward_hook(lambda m, i, out: seen.update(connector=out))
+    head = model.llm.get_output_embeddings()
+    head.register_forward_hook(lambda m, i, out: seen.update(head_in=i[0]))
+    batch = PackingCollator(PAD)(items)
+    out = model(
+        **{k: batch[k] for k in ("input_ids", "attention_mask", "labels", "pixel_values", "position_ids")}
+    )
+    out["loss"].backward()
+    assert seen["encoder"].grad_fn is None and not seen["encoder"].requires_grad
+    assert seen["connector"].requires_grad
+    supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert seen["head_in"].shape[0] == supervised == int(out["num_tokens"])

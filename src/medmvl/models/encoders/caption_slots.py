@@ -33,10 +33,18 @@ class CaptionSlotEncoder(VisionEncoder):
         num_slots: output tokens per image (the token grid is ``(num_slots,)``).
         vocab_ids: LLM token ids the slots choose from (kept for reference and re-initialisation).
         out_dim: LLM embedding width ``d_llm``.
+        hard: emit the embedding of each slot's most likely token (the exact word the LLM knows) instead
+            of the expected embedding; gradients pass straight through to the probabilities.
     """
 
     def __init__(
-        self, *, backbone: VisionEncoder, num_slots: int, vocab_ids: Sequence[int], out_dim: int
+        self,
+        *,
+        backbone: VisionEncoder,
+        num_slots: int,
+        vocab_ids: Sequence[int],
+        out_dim: int,
+        hard: bool = False,
     ) -> None:
         super().__init__()
         if num_slots < 1 or not vocab_ids:
@@ -51,6 +59,7 @@ class CaptionSlotEncoder(VisionEncoder):
         # which tokens each slot may emit (set by pre-training: the tokens it was taught there)
         self.register_buffer("allowed", torch.ones(num_slots, len(self.vocab_ids), dtype=torch.bool))
         self.out_dim = out_dim
+        self.hard = hard
         self.spatial_dims = 2
         self.grid = (num_slots,)
         self.preprocess = dict(backbone.preprocess)
@@ -69,8 +78,11 @@ class CaptionSlotEncoder(VisionEncoder):
         return logits.masked_fill(~self.allowed, torch.finfo(logits.dtype).min)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``[b, c, h, w]`` -> ``[b, num_slots, out_dim]``: expected vocabulary embedding per slot."""
+        """``[b, c, h, w]`` -> ``[b, num_slots, out_dim]``: the vocabulary embedding each slot emits."""
         probs = self.slot_logits(pixels).softmax(-1)  # [b, s, v]
+        if self.hard:
+            one_hot = torch.zeros_like(probs).scatter_(-1, probs.argmax(-1, keepdim=True), 1.0)
+            probs = probs + (one_hot - probs).detach()  # straight-through
         return probs @ self.vocab  # [b, s, d_llm]
 
     def export_config(self) -> dict[str, Any]:
@@ -81,4 +93,5 @@ class CaptionSlotEncoder(VisionEncoder):
             "num_slots": self.num_slots,
             "vocab_ids": list(self.vocab_ids),
             "out_dim": self.out_dim,
+            "hard": self.hard,
         }
