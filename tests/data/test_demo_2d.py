@@ -32,9 +32,7 @@ def splits(small: Path) -> dict[str, list[dict]]:
 @pytest.fixture(scope="module")
 def flat(splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """One dict per question (multi-turn training records expanded), with its record's metadata."""
-    return {
-        split: [{**s, **q} for s in samples for q in questions(s)] for split, samples in splits.items()
-    }
+    return {split: [{**s, **q} for s in samples for q in questions(s)] for split, samples in splits.items()}
 
 
 @pytest.fixture(scope="module")

@@ -146,8 +146,12 @@ def test_caption_slot_model_builds_from_config_caches_and_reloads(
     (folder,) = (tmp_path / "cache" / "encoders").iterdir()
     assert (folder / "model.safetensors").is_file() and model.encoder.grid == (model.encoder.num_slots,)
     x = torch.randn(2, 3, 16, 16)
-    feats = model.get_image_features(x)  # [2, slots, d_llm]: one vocabulary row per slot (hard, identity connector)
-    emb = model.encoder.vocab.detach()  # the caption tokens' embeddings of the LLM the encoder was trained for
+    feats = model.get_image_features(
+        x
+    )  # [2, slots, d_llm]: one vocabulary row per slot (hard, identity connector)
+    emb = (
+        model.encoder.vocab.detach()
+    )  # the caption tokens' embeddings of the LLM the encoder was trained for
     assert all(torch.isclose(emb, t).all(1).any() for t in feats.detach().flatten(0, 1))
     cached = caption_pretrained(
         **{k: v for k, v in compose_train(overrides).encoder.items() if not k.startswith("_")}
