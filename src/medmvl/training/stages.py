@@ -3,7 +3,7 @@
 A stage config is a mapping ``{module_name: {mode, lr, weight_decay, lora}}`` over ``encoder``,
 ``connector`` and ``llm`` (and the optional 3D tower ``encoder3d`` / ``connector3d``, which trains like
 ``encoder`` / ``connector`` unless the stage names it); ``pretrain``, ``finetune`` and ``lora`` are just YAML files. ``lora`` wraps the
-module with PEFT (``lora: {r, alpha, dropout, bias, target_modules}``; target modules default to every
+module with PEFT (``lora: {r, alpha, dropout, bias, target_modules, first_layer}``; target modules default to every
 linear layer of an LLM but its output head, and to the linear layers a vision tower's forward uses) and trains only the adapters; :func:`merge_lora` folds them back in.
 """
 
@@ -81,22 +81,45 @@ def _wrap_lora(module: nn.Module, name: str, lora: dict[str, Any]) -> nn.Module:
     """Wrap ``module`` in PEFT LoRA adapters (only the adapters are trainable)."""
     from peft import LoraConfig, get_peft_model
 
-    unknown = set(lora) - {"r", "alpha", "dropout", "bias", "target_modules"}
+    unknown = set(lora) - {"r", "alpha", "dropout", "bias", "target_modules", "first_layer"}
     if unknown:
         raise ValueError(f"stage.{name}.lora has unknown keys {sorted(unknown)}")
+    layers = _layers_from(module, name, lora.get("first_layer"))
     targets = lora.get("target_modules")
     if not targets:
         # an LLM: PEFT's every linear layer but the output head; a vision tower: the linear layers its
         # forward runs (not the pooling head nor blocks past select_layer), so every adapter gets a gradient
         targets = _used_linears(module) if hasattr(module, "preprocess") else "all-linear"
+        if layers is not None:  # PEFT takes layer indices only with a list of names
+            head = module.get_output_embeddings()
+            names = {
+                n.rsplit(".", 1)[-1]
+                for n, m in module.named_modules()
+                if isinstance(m, nn.Linear) and m is not head
+            }
+            targets = sorted(names)
     config = LoraConfig(
         r=int(lora.get("r", 16)),
         lora_alpha=int(lora.get("alpha", 32)),
         lora_dropout=float(lora.get("dropout", 0.0)),
         bias=lora.get("bias", "none"),
         target_modules=targets,
+        layers_to_transform=layers,
     )
     return get_peft_model(module, config)
+
+
+def _layers_from(module: nn.Module, name: str, first: int | None) -> list[int] | None:
+    """Decoder layers ``first..`` of an LLM (``None``: every layer). Layers below ``first`` get no adapter;
+    with frozen inputs below them they also run without autograd, so the backward pass stops at ``first``."""
+    if first is None or first == 0:
+        return None
+    count = getattr(getattr(module, "config", None), "num_hidden_layers", None)
+    if count is None:
+        raise ValueError(f"stage.{name}.lora.first_layer needs an LLM with config.num_hidden_layers")
+    if not 0 <= first < count:
+        raise ValueError(f"stage.{name}.lora.first_layer must be in [0, {count - 1}], got {first}")
+    return list(range(first, count))
 
 
 def _used_linears(encoder: nn.Module) -> list[str]:

@@ -36,6 +36,7 @@ from medmvl.assets import cache_dir
 from medmvl.data.conversation import IGNORE_INDEX
 from medmvl.data.images import ImageTransform, load_image
 from medmvl.data.schema import raise_on_errors, read_annotations
+from medmvl.data.volumes import VolumeTransform
 from medmvl.models.encoders.caption_slots import CaptionSlotEncoder
 
 log = logging.getLogger(__name__)
@@ -106,32 +107,49 @@ def _single_token(tokenizer: PreTrainedTokenizerBase, text: str, name: str) -> i
 
 
 def load_captioned_images(
-    annotations: str | os.PathLike, preprocess: Mapping[str, Any], image_dir: str | os.PathLike | None = None
+    annotations: str | os.PathLike,
+    preprocess: Mapping[str, Any],
+    image_dir: str | os.PathLike | None = None,
+    volume: Mapping[str, Any] | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
-    """Images (preprocessed for the encoder) and captions of a LLaVA pre-training file.
+    """Images or volumes (preprocessed for the encoder) and captions of a LLaVA pre-training file.
+
+    A 2D backbone (``preprocess`` has ``image_size``) reads each sample's one ``image``; a 3D backbone
+    (``volume_size``) reads each sample's one ``image3d`` through the training loader's
+    :class:`~medmvl.data.volumes.VolumeTransform` (evaluation mode) with the ``volume`` options.
 
     Returns:
-        ``pixels`` [n, c, h, w] and the ``n`` captions (each sample's final ``gpt`` turn).
+        ``pixels`` [n, c, h, w] (2D) or [n, c, d, h, w] (3D) and the ``n`` captions (final ``gpt`` turns).
 
     Raises:
-        AnnotationError: invalid samples; ValueError: a sample without exactly one image.
+        AnnotationError: invalid samples; ValueError: a sample without exactly one image (volume).
     """
     samples, problems = read_annotations(annotations, require_answer=True)
     raise_on_errors([p for p in problems if p.severity == "error"])
     root = Path(image_dir) if image_dir is not None else Path(annotations).parent
-    transform = ImageTransform(
-        preprocess["image_size"], preprocess["image_mean"], preprocess["image_std"], preprocess["channels"]
-    )
+    if "volume_size" in preprocess:
+        kind, transform = "image3d", VolumeTransform.from_preprocess(preprocess, options=volume)
+    else:
+        kind = "image"
+        image_transform = ImageTransform(
+            preprocess["image_size"],
+            preprocess["image_mean"],
+            preprocess["image_std"],
+            preprocess["channels"],
+        )
+        transform = lambda path: image_transform(load_image(path))  # noqa: E731
     pixels, captions = [], []
     for s in samples:
-        if len(s.images) != 1:
+        paths = s.images3d if kind == "image3d" else s.images
+        if len(paths) != 1 or len(s.images) + len(s.images3d) != 1:
             raise ValueError(
-                f"{s.where()}: caption pre-training needs exactly one image, got {len(s.images)}"
+                f"{s.where()}: caption pre-training of a {kind} backbone needs exactly one {kind}, got "
+                f"{len(s.images)} image and {len(s.images3d)} image3d"
             )
-        path = Path(s.images[0])
-        pixels.append(transform(load_image(path if path.is_absolute() else root / path)))
+        path = Path(paths[0])
+        pixels.append(transform(path if path.is_absolute() else root / path))
         captions.append(s.turns[-1].text)
-    return torch.stack(pixels), captions  # [n, c, h, w]
+    return torch.stack(pixels), captions  # [n, c, h, w] or [n, c, d, h, w]
 
 
 def fit_slots(
@@ -186,6 +204,7 @@ def caption_pretrained(
     annotations: str | os.PathLike,
     image_dir: str | os.PathLike | None = None,
     prepare: Mapping[str, Any] | None = None,
+    volume: Mapping[str, Any] | None = None,
     num_slots: int | None = None,
     pad_text: str = ".",
     unknown_text: str | None = None,
@@ -202,12 +221,15 @@ def caption_pretrained(
     Used with ``_recursive_: false`` so the LLM is only loaded when the cache misses.
 
     Args:
-        backbone: config (``_target_`` ...) of the image backbone, e.g. ``PatchEncoder``.
+        backbone: config (``_target_`` ...) of the image backbone, e.g. ``PatchEncoder``, or of a 3D one
+            (e.g. ``Vit3dEncoder``: the captions' samples then carry ``image3d`` volumes).
         llm: config of the LLM the encoder will feed (its tokenizer and input embeddings are used).
         annotations: LLaVA pre-training file of image–caption pairs.
         image_dir: folder of relative image paths (default: the file's folder).
         prepare: optional config of a callable run first that (re)builds ``annotations`` when needed (e.g.
             the demo builder, which returns at once when its folder already holds the same build).
+        volume: how volumes are read (fields of ``medmvl.data.volumes.VolumeOptions``, i.e. ``data.volume``),
+            for a 3D backbone.
         num_slots, pad_text, unknown_text: caption tokenization (see :func:`caption_targets`).
         steps, batch_size, lr, weight_decay, seed: training settings (see :func:`fit_slots`).
         hard: the encoder emits its most likely token per slot (see :class:`CaptionSlotEncoder`).
@@ -223,6 +245,7 @@ def caption_pretrained(
         "backbone": backbone_cfg,
         "llm": {k: v for k, v in llm_cfg.items() if k not in ("dtype", "attn_implementation")},
         "annotations_sha256": hashlib.sha256(annotations.read_bytes()).hexdigest(),
+        **({"volume": _config(volume)} if volume is not None else {}),
         "num_slots": num_slots,
         "pad_text": pad_text,
         "unknown_text": unknown_text,
@@ -244,7 +267,9 @@ def caption_pretrained(
     torch.manual_seed(seed)
     backbone_module = instantiate(backbone_cfg)
     lm = instantiate(llm_cfg)
-    pixels, captions = load_captioned_images(annotations, backbone_module.preprocess, image_dir)
+    pixels, captions = load_captioned_images(
+        annotations, backbone_module.preprocess, image_dir, _config(volume) if volume is not None else None
+    )
     targets, vocab_ids = caption_targets(captions, lm.tokenizer, num_slots, pad_text, unknown_text)
     encoder = CaptionSlotEncoder(
         backbone=backbone_module,

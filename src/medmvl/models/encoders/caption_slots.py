@@ -26,10 +26,11 @@ from medmvl.models.encoders.base import VisionEncoder
 
 
 class CaptionSlotEncoder(VisionEncoder):
-    """``[b, c, h, w] -> [b, num_slots, out_dim]`` soft-word tokens.
+    """``[b, c, h, w]`` (2D backbone) or ``[b, c, d, h, w]`` (3D) ``-> [b, num_slots, out_dim]`` soft words.
 
     Args:
-        backbone: a built 2D encoder (its tokens, flattened, feed the slot head).
+        backbone: a built 2D or 3D encoder (its tokens, flattened, feed the slot head); the slot encoder
+            takes its ``spatial_dims`` and ``preprocess``, so a 3D backbone serves ``<image3d>``.
         num_slots: output tokens per image (the token grid is ``(num_slots,)``).
         vocab_ids: LLM token ids the slots choose from (kept for reference and re-initialisation).
         out_dim: LLM embedding width ``d_llm``.
@@ -60,7 +61,7 @@ class CaptionSlotEncoder(VisionEncoder):
         self.register_buffer("allowed", torch.ones(num_slots, len(self.vocab_ids), dtype=torch.bool))
         self.out_dim = out_dim
         self.hard = hard
-        self.spatial_dims = 2
+        self.spatial_dims = backbone.spatial_dims
         self.grid = (num_slots,)
         self.preprocess = dict(backbone.preprocess)
 
@@ -72,13 +73,13 @@ class CaptionSlotEncoder(VisionEncoder):
         self.vocab.copy_(embeddings[self.vocab_ids].to(self.vocab.dtype))
 
     def slot_logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``[b, c, h, w]`` -> ``[b, num_slots, v]`` scores over the vocabulary."""
+        """``[b, c, (d,) h, w]`` -> ``[b, num_slots, v]`` scores over the vocabulary."""
         feats = self.backbone(pixels).flatten(1)  # [b, n * d_enc]
         logits = self.head(feats).view(len(pixels), self.num_slots, -1)  # [b, s, v]
         return logits.masked_fill(~self.allowed, torch.finfo(logits.dtype).min)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``[b, c, h, w]`` -> ``[b, num_slots, out_dim]``: the vocabulary embedding each slot emits."""
+        """``[b, c, (d,) h, w]`` -> ``[b, num_slots, out_dim]``: the vocabulary embedding each slot emits."""
         probs = self.slot_logits(pixels).softmax(-1)  # [b, s, v]
         if self.hard:
             one_hot = torch.zeros_like(probs).scatter_(-1, probs.argmax(-1, keepdim=True), 1.0)
