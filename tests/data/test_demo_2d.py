@@ -14,9 +14,16 @@ import pytest
 from medmvl.assets import resolve_path
 from medmvl.data import demo_sources as src
 from medmvl.data.demo import build_demo_2d, questions
-from medmvl.data.demo_questions import CAPTION_ORGANS, OPEN_TYPES, TYPE_WEIGHTS, caption, plan_split
+from medmvl.data.demo_questions import (
+    CAPTION_ORGANS,
+    OPEN_TYPES,
+    READING_SOURCE,
+    TYPE_WEIGHTS,
+    caption,
+    plan_split,
+)
 
-SMALL = {"seed": 0, "n_train": 120, "n_val": 60, "image_size": 32, "turns": 3}
+SMALL = {"seed": 0, "n_train": 120, "n_val": 60, "image_size": 32, "turns": 3, "n_reading": 60}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +33,14 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def splits(small: Path) -> dict[str, list[dict]]:
-    return {s: json.loads((small / f"{s}.json").read_text()) for s in ("train", "val")}
+    """The image records of each split (train.json's text-only reading records are in ``reading``)."""
+    records = {s: json.loads((small / f"{s}.json").read_text()) for s in ("train", "val")}
+    return {s: [r for r in rs if "image" in r] for s, rs in records.items()}
+
+
+@pytest.fixture(scope="module")
+def reading(small: Path) -> list[dict]:
+    return [r for r in json.loads((small / "train.json").read_text()) if "image" not in r]
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +122,31 @@ def test_captions_pair_each_training_image_with_its_labels(
         view = by_key[(p["source"], p["source_index"])]
         assert conv[1]["value"] == caption(view, p["flipped"])
     pytest.importorskip("medmvl.data.schema").load_annotations(small / "captions.json")
+
+
+def test_reading_records_ask_about_their_own_caption(small: Path, reading: list[dict]) -> None:
+    """Text-only records: a caption with independent organ facts, then questions its sentences answer."""
+    flat = [{**r, **q} for r in reading for q in questions(r)]
+    assert len(flat) == SMALL["n_reading"] and all(r["source"] == READING_SOURCE for r in reading)
+    meta = json.loads((small / "meta.json").read_text())["counts"]["reading"]
+    assert meta["total"] == SMALL["n_reading"] and meta["conversations"] == len(reading)
+    combos = set()
+    for r in reading:
+        first = r["conversations"][0]["value"]
+        assert "<image>" not in json.dumps(r["conversations"])
+        text, _ = first.split("\n", 1)
+        sentences = dict(zip(CAPTION_ORGANS, text.split(". ")))
+        combos.add(tuple(sentences[o].split()[-1] for o in CAPTION_ORGANS))
+        for q in questions(r):
+            organs = [o for o in CAPTION_ORGANS if f"the {o}" in q["question"]]
+            if q["question_type"] == "organ_presence":
+                assert ("absent" in sentences[organs[0]]) == (q["answer"] == "no")
+            elif q["question_type"] == "laterality":
+                assert sentences[organs[0]].endswith(f"on the {q['answer']}")
+            else:  # organ choice: the answer is the one of the pair that is present
+                assert "absent" not in sentences[q["answer"]]
+    assert len(combos) >= 15  # facts drawn independently: most of the 27 status combinations occur
+    pytest.importorskip("medmvl.data.schema").load_annotations(small / "train.json")
 
 
 def test_caption_states_labels_at_fixed_positions(views: list[src.View]) -> None:

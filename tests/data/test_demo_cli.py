@@ -18,7 +18,14 @@ def test_build_demo_prints_folder_and_counts(tmp_path: Path, capsys: pytest.Capt
     assert lines[0] == str(out)
     assert "train: 20 samples" in lines and "val: 10 samples" in lines
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["params"] == {"seed": 3, "n_train": 20, "n_val": 10, "image_size": 16, "turns": 4}
+    assert meta["params"] == {
+        "seed": 3,
+        "n_train": 20,
+        "n_val": 10,
+        "image_size": 16,
+        "turns": 4,
+        "n_reading": 0,
+    }
     assert any(line.strip().startswith("organ_presence") for line in lines)
 
 

@@ -17,17 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
-def _build_demo(args: argparse.Namespace) -> int:
-    from medmvl.data.demo import build_demo_2d
-
-    folder = build_demo_2d(
-        args.out,
-        seed=args.seed,
-        n_train=args.n_train,
-        n_val=args.n_val,
-        image_size=args.image_size,
-        force=args.force,
-    )
+def _print_build(folder: Path) -> int:
+    """Print a demo build's folder, then its questions per split, type and answer (from ``meta.json``)."""
     print(folder)
     counts = json.loads((folder / "meta.json").read_text())["counts"]
     for split, info in counts.items():
@@ -37,18 +28,42 @@ def _build_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_demo(args: argparse.Namespace) -> int:
+    from medmvl.data.demo import build_demo_2d
+
+    folder = build_demo_2d(
+        args.out,
+        seed=args.seed,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        image_size=args.image_size,
+        turns=args.turns,
+        n_reading=args.n_reading,
+        force=args.force,
+    )
+    return _print_build(folder)
+
+
 def _add_build_demo(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "build-demo",
         help="build the 2D demo VQA set from real scans shipped on PyPI",
         description="Build (or reuse, when the folder holds the same build) the real-scan 2D demo set: "
-        "train.json, val.json, images/ and meta.json in LLaVA annotation format.",
+        "train.json, val.json, captions.json (image-caption pairs of the training images), images/ and "
+        "meta.json in LLaVA annotation format.",
     )
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <medmvl cache>/demo_2d)")
     p.add_argument("--seed", type=int, default=0, help="seed of the plan and augmentations (default: 0)")
-    p.add_argument("--n-train", type=int, default=3000, help="training samples (default: 3000)")
-    p.add_argument("--n-val", type=int, default=400, help="validation samples (default: 400)")
+    p.add_argument("--n-train", type=int, default=3000, help="training questions (default: 3000)")
+    p.add_argument("--n-val", type=int, default=400, help="held-out questions, one image each (default: 400)")
     p.add_argument("--image-size", type=int, default=128, help="PNG side in pixels (default: 128)")
+    p.add_argument("--turns", type=int, default=4, help="most questions per training image (default: 4)")
+    p.add_argument(
+        "--n-reading",
+        type=int,
+        default=0,
+        help="text-only reading questions about synthetic captions added to train.json (default: 0)",
+    )
     p.add_argument("--force", action="store_true", help="rebuild even if the folder holds this build")
     p.set_defaults(func=_build_demo)
 
@@ -117,13 +132,7 @@ def _build_demo_3d(args: argparse.Namespace) -> int:
         turns=args.turns,
         force=args.force,
     )
-    print(folder)
-    counts = json.loads((folder / "meta.json").read_text())["counts"]
-    for split, info in counts.items():
-        print(f"{split}: {info['total']} samples")
-        for qtype, answers in info["question_types"].items():
-            print(f"  {qtype:<18} " + ", ".join(f"{a}: {n}" for a, n in answers.items()))
-    return 0
+    return _print_build(folder)
 
 
 def _add_build_demo_3d(subparsers: argparse._SubParsersAction) -> None:

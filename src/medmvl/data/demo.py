@@ -62,11 +62,11 @@ import numpy as np
 
 from medmvl.assets import cache_dir
 from medmvl.data import demo_sources as src
-from medmvl.data.demo_questions import OPEN_TYPES, ORGANS, Planned, caption, plan_split
+from medmvl.data.demo_questions import OPEN_TYPES, ORGANS, Planned, caption, plan_split, reading_views
 from medmvl.data.demo_render import render, save_png
 
 BUILDER = "medmvl.data.demo.build_demo_2d"
-VERSION = 4
+VERSION = 5
 SPLITS = ("train", "val")
 
 
@@ -102,6 +102,16 @@ def _sample(split: str, i: int, group: list[Planned]) -> dict[str, Any]:
             choices=[list(p.choices) if p.choices else None for p in group],
         )
     record.update(source=view.source, source_index=view.index, flipped=flip)
+    return record
+
+
+def _reading_sample(i: int, group: list[Planned]) -> dict[str, Any]:
+    """A text-only training record: the caption of a synthetic view, then its questions (no image)."""
+    text = caption(group[0].view, group[0].flip)
+    record = _sample("read", i, group)
+    del record["image"]
+    record["id"] = f"demo2d-read-{i:05d}"
+    record["conversations"][0]["value"] = record["conversations"][0]["value"].replace("<image>", text, 1)
     return record
 
 
@@ -215,6 +225,19 @@ def _write_build(tmp: Path, params: dict[str, int]) -> None:
             )
             samples.append(_sample(split, i, group))
             captions.append(_caption_record(i, samples[-1], caption(view, flip)))
+        if split == "train" and params["n_reading"]:
+            rng = np.random.default_rng([params["seed"], len(SPLITS)])
+            views_r = reading_views(max(1, params["n_reading"] // 3), rng)
+            planned_r = plan_split(views_r, "reading", params["n_reading"], rng)
+            reading = [
+                _reading_sample(i, g) for i, g in enumerate(group_turns(planned_r, params["turns"], rng))
+            ]
+            meta["counts"]["reading"] = {
+                "total": len(planned_r),
+                "conversations": len(reading),
+                "question_types": answer_counts(reading),
+            }
+            samples += reading
         (tmp / f"{split}.json").write_text(json.dumps(samples, indent=1) + "\n")
         if split == "train":
             (tmp / "captions.json").write_text(json.dumps(captions, indent=1) + "\n")
@@ -244,6 +267,7 @@ def build_demo_2d(
     n_val: int = 400,
     image_size: int = 128,
     turns: int = 4,
+    n_reading: int = 0,
     force: bool = False,
 ) -> Path:
     """Build (or reuse) the 2D real-scan VQA demo set and return its folder.
@@ -255,6 +279,8 @@ def build_demo_2d(
         n_val: validation questions (one image each), from held-out CT slices and MR frames only.
         image_size: side of the square PNGs in pixels.
         turns: most questions per training image (one multi-turn conversation each).
+        n_reading: text-only reading questions appended to ``train.json`` (caption of a synthetic CT view
+            with independent organ facts, then questions about it; ``demo_questions.reading_views``).
         force: rebuild even when ``out_dir`` already holds a build with these parameters.
 
     Returns:
@@ -264,13 +290,20 @@ def build_demo_2d(
         FileExistsError: ``out_dir`` exists, is not empty and is not a demo build.
         ValueError: a count is negative or the image size is not positive.
     """
-    if min(n_train, n_val) < 0 or image_size < 1 or turns < 1:
+    if min(n_train, n_val, n_reading) < 0 or image_size < 1 or turns < 1:
         raise ValueError(
-            "build_demo_2d: need n_train, n_val >= 0, image_size >= 1 and turns >= 1, got "
-            f"{n_train}, {n_val}, {image_size}, {turns}"
+            "build_demo_2d: need n_train, n_val, n_reading >= 0, image_size >= 1 and turns >= 1, got "
+            f"{n_train}, {n_val}, {n_reading}, {image_size}, {turns}"
         )
     out = Path(out_dir).expanduser() if out_dir is not None else default_demo_dir()
-    params = {"seed": seed, "n_train": n_train, "n_val": n_val, "image_size": image_size, "turns": turns}
+    params = {
+        "seed": seed,
+        "n_train": n_train,
+        "n_val": n_val,
+        "image_size": image_size,
+        "turns": turns,
+        "n_reading": n_reading,
+    }
     if not force and _is_complete(out, params):
         return out
     if out.exists() and any(out.iterdir()) and _read_meta(out) is None:

@@ -15,7 +15,7 @@ class DemoDataModule(MedVLDataModule):
 
     Args:
         root: build folder (``${paths.cache_dir}/demo_2d``); reused when it holds the same build.
-        seed, n_train, n_val, image_size, turns: build parameters (see :func:`medmvl.data.demo.build_demo_2d`).
+        seed, n_train, n_val, image_size, turns, n_reading: build parameters (see :func:`medmvl.data.demo.build_demo_2d`).
         **kwargs: every other :class:`MedVLDataModule` argument (batch size, max length, built parts...).
     """
 
@@ -28,6 +28,7 @@ class DemoDataModule(MedVLDataModule):
         n_val: int = 400,
         image_size: int = 128,
         turns: int = 4,
+        n_reading: int = 0,
         **kwargs: Any,
     ) -> None:
         self.root = Path(root)
@@ -37,6 +38,7 @@ class DemoDataModule(MedVLDataModule):
             "n_val": n_val,
             "image_size": image_size,
             "turns": turns,
+            "n_reading": n_reading,
         }
         super().__init__(
             annotations=self.root / "train.json",

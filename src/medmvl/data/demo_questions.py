@@ -33,6 +33,8 @@ TYPE_WEIGHTS = {
         "modality_open": 0.07,
         "body_region_open": 0.07,
     },
+    # text-only reading conversations (see ``reading_views``): the organ facts, drawn independently
+    "reading": {"organ_presence": 0.4, "organ_choice": 0.2, "laterality": 0.4},
     "val": {
         "organ_presence": 0.24,
         "organ_choice": 0.16,
@@ -113,6 +115,42 @@ def caption(view: View, flip: bool) -> str:
     region = f" of the {view.region}" if view.region else ""
     sentences.append(f"{view.modality}{region}.")
     return " ".join(sentences)
+
+
+READING_SOURCE = "reading"  # ``View.source`` of the synthetic caption-only views
+
+
+def reading_views(n: int, rng: np.random.Generator) -> list[View]:
+    """``n`` caption-only CT "views" whose organ facts are drawn independently and uniformly.
+
+    Why: in real slices the facts come correlated (the flipped liver and stomach swap sides together; the
+    heart and liver rarely share a training slice), so a model taught only on real slices can answer one
+    organ's question from another organ's sentence, which fails on held-out slices where the pairing
+    differs. Text conversations about these views ("<caption>\n<question>") teach the LLM to read the
+    sentence of the organ it is asked about. They carry no pixels and ask nothing about held-out images.
+    """
+    views = []
+    for i in range(n):
+        status = {o: ("absent", "left", "right")[rng.integers(3)] for o in ORGANS}
+        present = frozenset(o for o, st in status.items() if st != "absent")
+        sides = {o: st for o, st in status.items() if st != "absent"}
+        region = ("chest", "abdomen")[rng.integers(2)]
+        absent = frozenset(ORGANS) - present
+        views.append(
+            View(
+                READING_SOURCE,
+                i,
+                "reading",
+                "CT",
+                region,
+                np.zeros((1, 1), np.float32),
+                None,
+                present,
+                absent,
+                sides,
+            )
+        )
+    return views
 
 
 @dataclass(frozen=True)
@@ -243,7 +281,7 @@ def plan_split(views: list[View], split: str, n: int, rng: np.random.Generator) 
     views = [v for v in views if v.split == split]
     planned: list[Planned] = []
     for qtype, count in type_counts(n, split).items():
-        allowed = None if split == "train" else set(key_pools(train_views, qtype))
+        allowed = None if split in ("train", "reading") else set(key_pools(train_views, qtype))
         if allowed is not None and qtype in ("modality", "body_region"):
             allowed = {truth for truth, _ in allowed}
         pools = key_pools(views, qtype, allowed)
