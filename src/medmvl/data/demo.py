@@ -227,7 +227,8 @@ def _write_build(tmp: Path, params: dict[str, int]) -> None:
             captions.append(_caption_record(i, samples[-1], caption(view, flip)))
         if split == "train" and params["n_reading"]:
             rng = np.random.default_rng([params["seed"], len(SPLITS)])
-            views_r = reading_views(max(1, params["n_reading"] // 3), rng)
+            kinds = sorted({(v.modality, v.region) for v in views if v.split == "train"}, key=repr)
+            views_r = reading_views(max(1, params["n_reading"] // 3), rng, kinds)
             planned_r = plan_split(views_r, "reading", params["n_reading"], rng)
             reading = [
                 _reading_sample(i, g) for i, g in enumerate(group_turns(planned_r, params["turns"], rng))

@@ -14,7 +14,7 @@ text a from-scratch encoder is pre-trained to emit (``medmvl.models.encoders.cap
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +34,13 @@ TYPE_WEIGHTS = {
         "body_region_open": 0.07,
     },
     # text-only reading conversations (see ``reading_views``): the organ facts, drawn independently
-    "reading": {"organ_presence": 0.4, "organ_choice": 0.2, "laterality": 0.4},
+    "reading": {
+        "organ_presence": 0.3,
+        "organ_choice": 0.15,
+        "laterality": 0.3,
+        "modality": 0.125,
+        "body_region": 0.125,
+    },
     "val": {
         "organ_presence": 0.24,
         "organ_choice": 0.16,
@@ -120,35 +126,31 @@ def caption(view: View, flip: bool) -> str:
 READING_SOURCE = "reading"  # ``View.source`` of the synthetic caption-only views
 
 
-def reading_views(n: int, rng: np.random.Generator) -> list[View]:
-    """``n`` caption-only CT "views" whose organ facts are drawn independently and uniformly.
+def reading_views(n: int, rng: np.random.Generator, kinds: Sequence[tuple[str, str | None]]) -> list[View]:
+    """``n`` caption-only "views": a (modality, region) drawn from ``kinds`` and, for CT, organ facts drawn
+    independently and uniformly (absent, left, right).
 
     Why: in real slices the facts come correlated (the flipped liver and stomach swap sides together; the
     heart and liver rarely share a training slice), so a model taught only on real slices can answer one
     organ's question from another organ's sentence, which fails on held-out slices where the pairing
-    differs. Text conversations about these views ("<caption>\n<question>") teach the LLM to read the
-    sentence of the organ it is asked about. They carry no pixels and ask nothing about held-out images.
+    differs. Text conversations about these views ("<caption>\\n<question>") teach the LLM to read the
+    sentence it is asked about. They carry no pixels and ask nothing about held-out images.
+
+    Args:
+        n: number of views.
+        rng: the build's generator for them.
+        kinds: the ``(modality, region)`` pairs of the training images.
     """
     views = []
     for i in range(n):
-        status = {o: ("absent", "left", "right")[rng.integers(3)] for o in ORGANS}
-        present = frozenset(o for o, st in status.items() if st != "absent")
+        modality, region = kinds[rng.integers(len(kinds))]
+        status = {o: ("absent", "left", "right")[rng.integers(3)] for o in ORGANS} if modality == "CT" else {}
         sides = {o: st for o, st in status.items() if st != "absent"}
-        region = ("chest", "abdomen")[rng.integers(2)]
-        absent = frozenset(ORGANS) - present
+        present = frozenset(sides)
+        absent = frozenset(status) - present
+        pixels = np.zeros((1, 1), np.float32)
         views.append(
-            View(
-                READING_SOURCE,
-                i,
-                "reading",
-                "CT",
-                region,
-                np.zeros((1, 1), np.float32),
-                None,
-                present,
-                absent,
-                sides,
-            )
+            View(READING_SOURCE, i, "reading", modality, region, pixels, None, present, absent, sides)
         )
     return views
 
