@@ -52,8 +52,6 @@ PNG and JSON bytes are reproducible.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -62,12 +60,14 @@ import numpy as np
 
 from medmvl.assets import cache_dir
 from medmvl.data import demo_sources as src
+from medmvl.data.demo_build import build_folder
 from medmvl.data.demo_questions import OPEN_TYPES, ORGANS, Planned, caption, plan_split, reading_views
 from medmvl.data.demo_render import render, save_png
 
 BUILDER = "medmvl.data.demo.build_demo_2d"
 VERSION = 5
 SPLITS = ("train", "val")
+BUILD_FILES = tuple(f"{s}.json" for s in (*SPLITS, "captions"))  # besides meta.json and images/
 
 
 def default_demo_dir() -> Path:
@@ -190,22 +190,6 @@ def answer_counts(samples: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     return {t: dict(sorted(c.items())) for t, c in sorted(counts.items())}
 
 
-def _read_meta(folder: Path) -> dict[str, Any] | None:
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) and meta.get("builder") == BUILDER else None
-
-
-def _is_complete(folder: Path, params: dict[str, int]) -> bool:
-    """True when ``folder`` holds a finished build of this builder version with ``params``."""
-    meta = _read_meta(folder)
-    if meta is None or meta.get("version") != VERSION or meta.get("params") != params:
-        return False
-    return all((folder / f"{s}.json").is_file() for s in (*SPLITS, "captions"))
-
-
 def _write_build(tmp: Path, params: dict[str, int]) -> None:
     """Plan, render and write both splits, the training captions and ``meta.json`` into the empty ``tmp``."""
     views = src.load_views()
@@ -305,25 +289,13 @@ def build_demo_2d(
         "turns": turns,
         "n_reading": n_reading,
     }
-    if not force and _is_complete(out, params):
-        return out
-    if out.exists() and any(out.iterdir()) and _read_meta(out) is None:
-        raise FileExistsError(
-            f"{out} is not empty and holds no demo build (meta.json); refusing to overwrite it"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        _write_build(tmp, params)
-        if out.exists():
-            shutil.rmtree(out)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            if not _is_complete(out, params):  # else another process finished the same build first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return build_folder(
+        out,
+        _write_build,
+        builder=BUILDER,
+        version=VERSION,
+        params=params,
+        files=BUILD_FILES,
+        kind="demo build",
+        force=force,
+    )
