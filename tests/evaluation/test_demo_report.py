@@ -130,3 +130,17 @@ def test_needs_a_heldout_file(talkative_model: MedVLM, tmp_path: Path) -> None:
 
 def test_process_start_time_is_in_the_past() -> None:
     assert 0 < time.time() - process_start_time() < 24 * 3600
+
+
+def test_a_later_report_in_the_same_process_counts_from_the_previous_one(
+    talkative_model: MedVLM, datamodule: MedVLDataModule, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The jobs of a ``-m`` sweep share one process: job k's minutes must not include jobs 0..k-1."""
+    from medmvl.evaluation import demo_report as module
+
+    monkeypatch.setattr(Generator, "generate", lambda self, queries, **kw: ["yes"] * len(queries))
+    monkeypatch.setattr(module, "process_start_time", lambda: time.time() - 3600)  # job 0 began an hour ago
+    monkeypatch.setitem(module._LAST_REPORT, "at", None)
+    first = demo_report(model=talkative_model, datamodule=datamodule, output_dir=tmp_path / "0")
+    second = demo_report(model=talkative_model, datamodule=datamodule, output_dir=tmp_path / "1")
+    assert first["minutes"] >= 59.9 and second["minutes"] < 1.0

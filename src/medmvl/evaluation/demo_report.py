@@ -32,6 +32,10 @@ RESULTS_NAME = "demo_results.json"
 PREDICTIONS_NAME = "demo_predictions.json"
 
 
+_LAST_REPORT: dict[str, float | None] = {"at": None}
+"""When this process last finished a report (the next sweep job's minutes count from there)."""
+
+
 def process_start_time() -> float:
     """Wall-clock start of this process (Linux ``/proc``), else the time this module was imported."""
     try:
@@ -71,7 +75,8 @@ def demo_report(
         image_dir: Folder of relative image paths (default: the datamodule's, else the file's folder).
         batch_size: Prompts per ``generate`` call.
         max_new_tokens: Longest answer; closed answers are a few tokens.
-        started_at: ``time.time()`` when the run started (default: this process's start).
+        started_at: ``time.time()`` when the run started (default: this process's start, or the end of
+            its previous report: the jobs of a -m sweep run one after another in one process).
         device: Where to generate (default: CUDA when available, else where the model is).
 
     Returns:
@@ -107,15 +112,16 @@ def demo_report(
     finally:
         model.to(home)
     results = _results(items, with_image, text_only, annotations)
-    results["minutes"] = round(
-        (time.time() - (process_start_time() if started_at is None else started_at)) / 60.0, 2
-    )
+    # a -m sweep runs its jobs one after another in this process: a later job counts from the previous report
+    start = started_at if started_at is not None else (_LAST_REPORT["at"] or process_start_time())
+    results["minutes"] = round((time.time() - start) / 60.0, 2)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / PREDICTIONS_NAME).write_text(json.dumps(_predictions(items, with_image, text_only), indent=1))
     results["predictions"] = str(out / PREDICTIONS_NAME)
     path = out / RESULTS_NAME
     path.write_text(json.dumps(results, indent=2))
+    _LAST_REPORT["at"] = time.time()
     console = Console()
     console.print(_table(results))
     print(path, flush=True)
