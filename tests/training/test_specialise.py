@@ -32,6 +32,7 @@ def test_lora_stage_trains_adapters_and_connector_only(tmp_path: Path) -> None:
         "dropout": 0.05,
         "bias": "none",
         "target_modules": None,
+        "first_layer": None,
     }
     module = MedVLMModule(build_model(cfg), optimizer=lambda groups: None, stage=stage)
     trainable = [n for n, p in module.model.named_parameters() if p.requires_grad]
