@@ -35,6 +35,7 @@ from transformers import PreTrainedTokenizerBase
 from medmvl.assets import cache_dir
 from medmvl.data.conversation import IGNORE_INDEX
 from medmvl.data.images import ImageTransform, load_image
+from medmvl.data.media import MediaPathError, resolve_media_path
 from medmvl.data.schema import raise_on_errors, read_annotations
 from medmvl.data.volumes import VolumeTransform
 from medmvl.models.encoders.caption_slots import CaptionSlotEncoder
@@ -146,8 +147,11 @@ def load_captioned_images(
                 f"{s.where()}: caption pre-training of a {kind} backbone needs exactly one {kind}, got "
                 f"{len(s.images)} image and {len(s.images3d)} image3d"
             )
-        path = Path(paths[0])
-        pixels.append(transform(path if path.is_absolute() else root / path))
+        try:
+            path = resolve_media_path(paths[0], root, kind)
+        except MediaPathError as err:
+            raise ValueError(f"{s.where()}: {err}") from err
+        pixels.append(transform(path))
         captions.append(s.turns[-1].text)
     return torch.stack(pixels), captions  # [n, c, h, w] or [n, c, d, h, w]
 
