@@ -8,8 +8,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -28,6 +31,20 @@ def run_entry(script: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, str(ROOT / script), *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+
+
+@contextmanager
+def scratch(factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """A fresh folder for a module/package fixture, deleted when the fixture is torn down.
+
+    ``tmp_path_retention_policy = "failed"`` removes a passed test's ``tmp_path``, but folders from
+    ``tmp_path_factory`` live until the session ends; fixtures holding checkpoints use this instead.
+    """
+    path = factory.mktemp(name)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def compose_train(overrides: list[str] | None = None, output_dir: Path | None = None) -> DictConfig:

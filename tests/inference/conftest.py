@@ -9,6 +9,7 @@ differ between prompts, so batching tests compare something.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from PIL import Image
 from medmvl.models.build import build_model
 from medmvl.models.io import save_pretrained
 from medmvl.models.vlm import MedVLM
-from tests.conftest import compose_train
+from tests.conftest import compose_train, scratch
 
 
 @pytest.fixture(scope="session")
@@ -49,10 +50,11 @@ def talkative_model_3d() -> MedVLM:
     return _untie_head(build_model(cfg).eval())
 
 
-@pytest.fixture(scope="session")
-def saved_model_3d(talkative_model_3d: MedVLM, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``talkative_model_3d`` written with ``save_pretrained``."""
-    return save_pretrained(talkative_model_3d, tmp_path_factory.mktemp("saved3d") / "model")
+@pytest.fixture(scope="package")
+def saved_model_3d(talkative_model_3d: MedVLM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``talkative_model_3d`` written with ``save_pretrained`` (removed after ``tests/inference``)."""
+    with scratch(tmp_path_factory, "saved3d") as root:
+        yield save_pretrained(talkative_model_3d, root / "model")
 
 
 @pytest.fixture(scope="session")
@@ -67,10 +69,11 @@ def volume_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def saved_model(talkative_model: MedVLM, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``talkative_model`` written with ``save_pretrained``."""
-    return save_pretrained(talkative_model, tmp_path_factory.mktemp("saved") / "model")
+@pytest.fixture(scope="package")
+def saved_model(talkative_model: MedVLM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``talkative_model`` written with ``save_pretrained`` (removed after ``tests/inference``)."""
+    with scratch(tmp_path_factory, "saved") as root:
+        yield save_pretrained(talkative_model, root / "model")
 
 
 @pytest.fixture(scope="session")

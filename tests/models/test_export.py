@@ -7,6 +7,7 @@ adapters merged, from its ``last.ckpt`` with the PEFT adapter kept, and through 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +20,16 @@ from medmvl.models.io import ADAPTER_DIR, from_pretrained
 from medmvl.training.checkpoint import load_checkpoint
 from medmvl.training.stages import merge_lora
 from tests.cli.conftest import write_colour_set
-from tests.conftest import compose_train, run_entry
+from tests.conftest import compose_train, run_entry, scratch
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("lora_run")
+def lora_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with scratch(tmp_path_factory, "lora_run") as root:
+        yield _lora_run(root)
+
+
+def _lora_run(root: Path) -> Path:
     ann = write_colour_set(root / "data")
     overrides = [
         "experiment=none",

@@ -24,7 +24,7 @@ from medmvl.models.build import build_model
 from medmvl.training.stages import apply_stage
 from medmvl.training.strategies import compile_blocks, is_sharded, shard_model, unsharded_copy
 from tests.cli.conftest import write_colour_set
-from tests.conftest import compose_train, run_entry
+from tests.conftest import compose_train, run_entry, scratch
 
 STEPS = 4
 COMMON = [
@@ -76,9 +76,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory: pytest.TempPathFactory, data: list[str]) -> Path:
+def single(tmp_path_factory: pytest.TempPathFactory, data: list[str]) -> Iterator[Path]:
     """The reference: one process, batch of 8, 4 steps, model exported."""
-    run = tmp_path_factory.mktemp("single")
+    with scratch(tmp_path_factory, "single") as run:
+        yield _reference(run, data)
+
+
+def _reference(run: Path, data: list[str]) -> Path:
     train(compose_train([*COMMON, f"trainer.max_steps={STEPS}", "data.batch_size=8", *data], output_dir=run))
     losses = _losses(run)
     assert len(losses) == STEPS
