@@ -11,7 +11,9 @@ Measured, all on the same samples of ``common.write_mix``, steps interleaved rou
 
 * tokens/s (forward + backward + fused AdamW update, CUDA-synchronised) of medmvl ``bucketed`` /
   ``padded`` / ``packed_row`` (one row per batch, block-diagonal SDPA masks) and Llava ``padded`` /
-  ``bucketed``, under bf16 autocast; medmvl bucketed and Llava padded also in fp32 (TF32 off);
+  ``bucketed``, under bf16 autocast; medmvl bucketed and Llava padded also in fp32 (TF32 off); medmvl
+  with the loss's positions found by a boolean mask on the GPU instead of the collator's host-side
+  ``target_index`` (``*_mask``: the host waits for the GPU mid-step);
 * that both compute the same function on CUDA (fp32 loss of medmvl packed vs Llava padded);
 * model FLOP/s of medmvl bucketed (``FlopCounterMode``) against a bf16 matmul measured in the same run;
 * peak GPU memory of a few steps of each system above what was allocated before them;
@@ -83,6 +85,8 @@ def synced(fn: Callable[[], Any]) -> float:
 def loss_of(system: str, net: Any, batch: dict[str, Any]) -> torch.Tensor:
     if system == "medmvl":
         return net(**{k: batch[k] for k in INPUTS if k in batch})["loss"]
+    if system == "medmvl_mask":  # without the collator's host-side target_index: a boolean mask, a sync
+        return net(**{k: batch[k] for k in INPUTS if k in batch and k != "target_index"})["loss"]
     keys = ("input_ids", "attention_mask", "pixel_values", "labels")
     return net(**{k: batch[k] for k in keys}).loss
 
@@ -109,7 +113,12 @@ def throughput(nets: dict, items: list[dict], args: argparse.Namespace, pad_id: 
     n = args.batch_size
     timed_items = items[n : n * (args.steps + 1)]
     runs = {name: (*CONFIGS[name], True) for name in RUNS}
-    runs |= {"medmvl_bucketed_fp32": ("medmvl", "bucketed", False), "hf_padded_fp32": ("hf", "padded", False)}
+    runs |= {
+        "medmvl_bucketed_fp32": ("medmvl", "bucketed", False),
+        "hf_padded_fp32": ("hf", "padded", False),
+        "medmvl_bucketed_mask": ("medmvl_mask", "bucketed", True),
+        "medmvl_padded_mask": ("medmvl_mask", "padded", True),
+    }
     batches = {
         name: [to_device(b) for b in layout_batches(timed_items, n, layout, pad_id)]
         for name, (_, layout, _) in runs.items()
@@ -140,6 +149,8 @@ def throughput(nets: dict, items: list[dict], args: argparse.Namespace, pad_id: 
         "same_batches_bucketed_bf16": tps["medmvl_bucketed"] / tps["hf_bucketed"],
         "medmvl_bucketed_vs_hf_padded_fp32": tps["medmvl_bucketed_fp32"] / tps["hf_padded_fp32"],
         "bf16_vs_fp32_medmvl_bucketed": tps["medmvl_bucketed"] / tps["medmvl_bucketed_fp32"],
+        "host_index_vs_mask_bucketed": tps["medmvl_bucketed"] / tps["medmvl_bucketed_mask"],
+        "host_index_vs_mask_padded": tps["medmvl_padded"] / tps["medmvl_padded_mask"],
     }
     out["batches"] = batches["medmvl_bucketed"]  # reused by the FLOP count and compile; dropped on save
     return out
@@ -223,6 +234,7 @@ def main() -> None:
     pad_id = model.tokenizer.pad_token_id
     twin = common.llava_twin(model)
     nets = {"medmvl": (model.cuda(), optimizer(model)), "hf": (twin.cuda(), optimizer(twin))}
+    nets["medmvl_mask"] = nets["medmvl"]
     result: dict[str, Any] = {
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,

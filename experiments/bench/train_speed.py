@@ -39,7 +39,7 @@ from medmvl.data.collate import Collator
 from medmvl.data.conversation import IGNORE_INDEX
 from medmvl.data.packing import PackingCollator
 
-INPUTS = ("input_ids", "attention_mask", "labels", "pixel_values", "position_ids")
+INPUTS = ("input_ids", "attention_mask", "labels", "pixel_values", "position_ids", "target_index")
 
 
 def layout_batches(items: list[dict], batch_size: int, layout: str, pad_id: int) -> list[dict]:

@@ -182,3 +182,23 @@ def test_frozen_encoder_has_no_graph_and_head_sees_only_supervised_positions(ite
     assert seen["connector"].requires_grad
     supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     assert seen["head_in"].shape[0] == supervised == int(out["num_tokens"])
+
+
+@pytest.mark.parametrize("collate", [Collator, PackingCollator])
+def test_host_target_index_gives_the_fallback_loss(model: MedVLM, items: list[dict], collate) -> None:
+    """The collators' ``target_index`` (counted on the host) selects exactly the supervised targets."""
+    batch = collate(PAD)(items)
+    labels = batch["labels"]
+    index = batch["target_index"]
+    t = labels.shape[1]
+    want_positions = [
+        r * t + c for r in range(labels.shape[0]) for c in range(1, t) if labels[r, c] != IGNORE_INDEX
+    ]
+    assert index.tolist() == want_positions  # row-major, column 0 never a target (nothing precedes it)
+    assert batch["num_input_tokens"] == int(batch["attention_mask"].sum())
+    keys = ("input_ids", "attention_mask", "labels", "pixel_values", "position_ids")
+    with torch.no_grad():
+        inputs = {k: batch[k] for k in keys if k in batch}
+        want, got = model(**inputs), model(**inputs, target_index=index)
+    assert int(got["num_tokens"]) == int(want["num_tokens"]) == len(index)
+    torch.testing.assert_close(got["loss"], want["loss"], atol=0, rtol=0)

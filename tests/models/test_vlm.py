@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medmvl.models.vlm import IGNORE_INDEX, MedVLM
+from medmvl.data.conversation import IGNORE_INDEX
+from medmvl.models.vlm import MedVLM
 
 
 def _ids(model: MedVLM, layout: list[str | int]) -> list[int]:

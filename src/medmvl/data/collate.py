@@ -38,8 +38,9 @@ class Collator:
         Returns:
             ``input_ids`` [b, n], ``attention_mask`` [b, n], ``labels`` [b, n] (``-100`` on padding),
             ``pixel_values`` [N, c, h, w] (all images in sample order) or ``None``, ``pixel_values_3d``
-            [N3, c, d, h, w] (all volumes in sample order) or ``None``, and ``ids`` (list of b
-            strings), and ``skipped`` (how many items were ``None``); only ``{"skipped": k}`` if every
+            [N3, c, d, h, w] (all volumes in sample order) or ``None``, ``target_index`` [s] (flat indices
+            of the supervised targets, :func:`supervised_index`), ``num_input_tokens``, ``ids`` (list of
+            b strings), and ``skipped`` (how many items were ``None``); only ``{"skipped": k}`` if every
             item was dropped.
         """
         kept = [item for item in items if item is not None]
@@ -61,8 +62,22 @@ class Collator:
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
+            "target_index": supervised_index(labels),  # [s]
+            "num_input_tokens": int(attention_mask.sum()),
             "pixel_values": torch.cat(images) if images else None,  # [N, c, h, w]
             "pixel_values_3d": torch.cat(volumes) if volumes else None,  # [N3, c, d, h, w]
             "ids": [item["id"] for item in kept],
             "skipped": len(items) - len(kept),
         }
+
+
+def supervised_index(labels: torch.Tensor) -> torch.Tensor:
+    """Flat indices into ``labels`` ``[b, t]`` of the supervised targets, ``[s]``.
+
+    Column 0 is never a target (nothing precedes it); the target at flat position ``p`` is predicted
+    from the hidden state at ``p - 1``. The collators add it to every batch, so the loss selects its
+    positions without counting a boolean mask on the GPU (which makes the host wait mid-step).
+    """
+    keep = labels != IGNORE_INDEX  # [b, t]
+    keep[:, 0] = False
+    return keep.flatten().nonzero().squeeze(1)

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from medmvl.data.collate import supervised_index
 from medmvl.data.conversation import IGNORE_INDEX
 
 
@@ -69,7 +70,8 @@ class PackingCollator:
             tail of a row counts as one more sample), ``attention_mask`` [r, n] (1 on sample tokens, 0 on
             the pad tail: for counting tokens, the model does not read it), ``pixel_values`` [N, c, h, w]
             and ``pixel_values_3d`` [N3, c, d, h, w] in packed order (or ``None``), ``ids`` (sample ids in
-            packed order), ``num_samples`` and ``skipped`` (items that were ``None``); only
+            packed order), ``target_index`` and ``num_input_tokens`` (as :class:`~medmvl.data.collate.Collator`),
+            ``num_samples`` and ``skipped`` (items that were ``None``); only
             ``{"skipped": k}`` if every item was dropped.
         """
         kept = [item for item in items if item is not None]
@@ -101,6 +103,8 @@ class PackingCollator:
             "attention_mask": attention_mask,
             "labels": labels,
             "position_ids": position_ids,
+            "target_index": supervised_index(labels),  # [s]
+            "num_input_tokens": int(attention_mask.sum()),
             "pixel_values": torch.cat(images) if images else None,  # [N, c, h, w]
             "pixel_values_3d": torch.cat(volumes) if volumes else None,  # [N3, c, d, h, w]
             "ids": [kept[i]["id"] for i in order],

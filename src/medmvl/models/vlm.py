@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmvl.data.conversation import IGNORE_INDEX
+from medmvl.data.collate import supervised_index
 from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN
 from medmvl.models.encoders.base import VisionEncoder
 from medmvl.models.llm import LanguageModel
@@ -161,10 +161,13 @@ class MedVLM(nn.Module):
         pixel_values: torch.Tensor | None = None,
         pixel_values_3d: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        target_index: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Mean next-token cross-entropy over supervised positions (``labels != -100``).
 
         The LM head runs only on the ``s`` supervised positions, never on image or prompt tokens.
+        ``target_index`` (:func:`supervised_index` of ``labels``, computed on the host by the training
+        module) selects them without a boolean mask, whose count would make the host wait for the GPU.
         Packed rows (``medmvl.data.packing``) give ``position_ids`` ``[b, t]`` that restart at 0 at every
         sample; ``attention_mask`` is then not used: transformers builds a block-diagonal causal mask from
         the restarts (SDPA/eager; flash-attention runs varlen), so no token attends across samples.
@@ -182,11 +185,14 @@ class MedVLM(nn.Module):
         head = self.llm.get_output_embeddings()
         if labels is None:
             return {"logits": head(hidden)}
-        targets = labels[:, 1:]  # [b, t-1]
-        keep = targets != IGNORE_INDEX  # [b, t-1]
-        logits = head(hidden[:, :-1][keep]).float()  # [s, v]
-        loss = F.cross_entropy(logits, targets[keep], reduction="sum") / keep.sum().clamp(min=1)
-        return {"loss": loss, "num_tokens": keep.sum()}
+        if target_index is None:
+            target_index = supervised_index(labels)  # [s]; on CUDA the host waits for the mask's count
+        targets = labels.flatten().index_select(0, target_index)  # [s]
+        rows = hidden.flatten(0, 1).index_select(0, target_index - 1)  # [s, d]: the position before each
+        logits = head(rows).float()  # [s, v]
+        n = targets.numel()
+        loss = F.cross_entropy(logits, targets, reduction="sum") / max(n, 1)
+        return {"loss": loss, "num_tokens": torch.full((), n, device=targets.device)}
 
     @torch.no_grad()
     def generate(

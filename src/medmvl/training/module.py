@@ -57,6 +57,7 @@ class MedVLMModule(L.LightningModule):
         self.compile_llm = compile
         self._compiled = False
         self._counts = {"train": 0, "val": 0, "nonfinite": 0}
+        self._unchecked: list[tuple[torch.Tensor, tuple]] = []  # losses of the optimizer step in progress
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
         self.model = model
         self.optimizer_factory = optimizer
@@ -109,6 +110,7 @@ class MedVLMModule(L.LightningModule):
             pixel_values=batch.get("pixel_values"),
             pixel_values_3d=batch.get("pixel_values_3d"),
             position_ids=batch.get("position_ids"),  # packed rows (data.packing=true)
+            target_index=batch.get("target_index"),
         )
 
     def on_train_start(self) -> None:
@@ -153,19 +155,27 @@ class MedVLMModule(L.LightningModule):
             return None
         out = self(batch)
         loss = self._global_token_mean(out["loss"], out["num_tokens"])
-        if not torch.isfinite(loss):
-            message = (
-                f"non-finite training loss {loss.item()} at step {self.global_step} (epoch "
-                f"{self.current_epoch}, batch {batch_idx}), sample ids {list(batch.get('ids', []))}"
-            )
-            if self.nonfinite_loss == "raise":
-                raise NonFiniteLossError(f"{message}; nonfinite_loss=skip skips such steps instead")
-            log.warning("%s: step skipped (nonfinite_loss=skip)", message)
+        where = (self.global_step, self.current_epoch, batch_idx, list(batch.get("ids", [])))
+        if self.nonfinite_loss == "raise":
+            # checked before the optimizer step (on_before_optimizer_step), not here: a check here would
+            # make the host wait for the forward to finish before it queues the backward
+            self._unchecked.append((loss.detach(), where))
+        elif not torch.isfinite(loss):
+            log.warning("%s: step skipped (nonfinite_loss=skip)", _nonfinite_message(loss, *where))
             self._counts["nonfinite"] += 1
             return None
         bsz = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz, sync_dist=True)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``nonfinite_loss=raise``: stop before a non-finite loss's gradients reach the weights."""
+        unchecked, self._unchecked = self._unchecked, []
+        if unchecked and not bool(torch.isfinite(torch.stack([loss for loss, _ in unchecked])).all()):
+            loss, where = next((loss, w) for loss, w in unchecked if not torch.isfinite(loss))
+            raise NonFiniteLossError(
+                f"{_nonfinite_message(loss, *where)}; nonfinite_loss=skip skips such steps instead"
+            )
 
     def _global_token_mean(self, loss: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
         """Rescale this rank's token-mean loss for data parallelism (DDP, FSDP).
@@ -185,7 +195,8 @@ class MedVLMModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Mapping[str, Any] | None, batch_idx: int) -> None:
         dt = time.perf_counter() - self._t_batch
         if batch is not None and "attention_mask" in batch and dt > 0:
-            tokens = float(batch["attention_mask"].sum())
+            # the collators count the tokens on the host; summing the mask on a GPU would wait for it
+            tokens = float(batch.get("num_input_tokens") or batch["attention_mask"].sum())
             self.log("train/tokens_per_s", tokens / dt, batch_size=batch["input_ids"].shape[0])
 
     def on_train_epoch_end(self) -> None:
@@ -247,3 +258,10 @@ class MedVLMModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
         }
+
+
+def _nonfinite_message(loss: torch.Tensor, step: int, epoch: int, batch_idx: int, ids: list) -> str:
+    return (
+        f"non-finite training loss {loss.item()} at step {step} (epoch {epoch}, batch {batch_idx}), "
+        f"sample ids {ids}"
+    )
