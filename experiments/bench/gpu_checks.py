@@ -6,7 +6,7 @@ resumes and exports, with activation checkpointing too, and ``compile=true`` tra
 tests' colour set (solid-colour PNGs, "What colour is this?"), the model the tiny stack of ``conf/``.
 Writes ``gpu_checks.json`` (exit status, first/last loss, wall seconds per run) to the results folder.
 
-Usage: ``python experiments/bench/gpu_checks.py [--cpu]`` (``--cpu``: 3-step smoke test of the script on a CPU).
+Usage: ``python experiments/bench/gpu_checks.py [--cpu] [--only=gpu_packing,...]`` (``--cpu``: 3-step smoke test of the script on a CPU).
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def main() -> None:
     ann = write_colour_set(work / "data", n=16)
     data = [f"data.annotations={ann}", f"data.image_dir={work / 'data' / 'imgs'}", "data.batch_size=4"]
     out: dict[str, Any] = {}
-    for name, extra in RUNS.items():
+    only = next((a.split("=", 1)[1].split(",") for a in sys.argv[1:] if a.startswith("--only=")), list(RUNS))
+    for name, extra in ((n, RUNS[n]) for n in only):
         run = work / FOLDER.get(name, name)
         if smoke:
             extra = [o for e in extra for o in ([e, *CPU[e]] if e in CPU else [e]) if o != "trainer=gpu"]
