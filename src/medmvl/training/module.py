@@ -31,8 +31,10 @@ class MedVLMModule(L.LightningModule):
             every optimizer step.
         stage: per-module ``{mode, lr, weight_decay}`` (see :mod:`medmvl.training.stages`).
         nonfinite_loss: a NaN/inf training loss ``raise``-s :class:`~medmvl.training.faults.NonFiniteLossError`
-            naming the batch's sample ids, or the step is ``skip``-ped (no backward, no optimizer step;
-            counted as ``train/nonfinite_skipped`` per epoch; one process only).
+            naming the batch's sample ids before the optimizer step (checked there, not after the
+            forward, so the host never waits for the GPU mid-step), or the step is ``skip``-ped (checked
+            after the forward: no backward, no optimizer step; counted as ``train/nonfinite_skipped`` per
+            epoch; one process only).
         compile: ``torch.compile`` each LLM decoder layer in ``configure_model`` (top-level ``compile``).
 
     Samples the collator dropped (unreadable images under ``data.on_error=skip``; the batch's ``skipped``
