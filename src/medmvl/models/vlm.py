@@ -166,8 +166,9 @@ class MedVLM(nn.Module):
         """Mean next-token cross-entropy over supervised positions (``labels != -100``).
 
         The LM head runs only on the ``s`` supervised positions, never on image or prompt tokens.
-        ``target_index`` (:func:`supervised_index` of ``labels``, computed on the host by the training
-        module) selects them without a boolean mask, whose count would make the host wait for the GPU.
+        ``target_index`` (:func:`~medmvl.data.collate.supervised_index` of ``labels``, which the collators
+        compute on the host) selects them without a boolean mask on the device, whose count would make the
+        host wait for the GPU.
         Packed rows (``medmvl.data.packing``) give ``position_ids`` ``[b, t]`` that restart at 0 at every
         sample; ``attention_mask`` is then not used: transformers builds a block-diagonal causal mask from
         the restarts (SDPA/eager; flash-attention runs varlen), so no token attends across samples.
