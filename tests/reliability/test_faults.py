@@ -150,6 +150,27 @@ def test_a_nan_loss_stops_the_run_naming_the_sample_ids(tmp_path: Path) -> None:
     assert "sample ids [" in log and "'c3'" in log and "nonfinite_loss=skip" in log
 
 
+def test_a_nan_loss_in_an_accumulated_micro_batch_stops_before_the_update(tmp_path: Path) -> None:
+    """``raise`` is checked in ``on_before_optimizer_step``: every micro-batch of the step counts."""
+    from medmvl.cli.train import train
+    from medmvl.training.faults import NonFiniteLossError
+    from tests.conftest import compose_train
+
+    run = tmp_path / "run"
+    args = [
+        *runner.TINY,
+        *_data(tmp_path),
+        "trainer.max_steps=3",
+        "trainer.accumulate_grad_batches=3",  # 8 samples in batches of 3: one optimizer step an epoch
+        f"+callbacks.poison._target_={runner.__name__}.PoisonLoss",
+        "+callbacks.poison.sample_id=c3",
+        f"+callbacks.poison.path={run / 'poisoned'}",
+    ]
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss nan at step 0 .*'c3'"):
+        train(compose_train(args, output_dir=run))
+    assert not (run / "checkpoints" / "last.ckpt").exists()  # no optimizer step was taken
+
+
 @pytest.mark.slow
 def test_nonfinite_loss_skip_skips_the_step_and_counts_it(tmp_path: Path) -> None:
     run = tmp_path / "run"
