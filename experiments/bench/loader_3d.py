@@ -25,7 +25,7 @@ import common
 import torch
 
 from medmvl.assets import resolve_path
-from medmvl.data.demo_sources import CT_REF
+from medmvl.demo.sources import CT_REF
 
 MODEL_3D = [
     "experiment=none",

@@ -34,10 +34,10 @@ from typing import Any
 import common
 import torch
 
-from medmvl.data.bucketing import LengthBuckets
 from medmvl.data.collate import Collator
 from medmvl.data.conversation import IGNORE_INDEX
 from medmvl.data.packing import PackingCollator
+from medmvl.data.sampling.bucketing import LengthBuckets
 
 INPUTS = ("input_ids", "attention_mask", "labels", "pixel_values", "position_ids", "target_index")
 
@@ -232,7 +232,7 @@ def llm_flops(model: Any, items: list[dict], args: argparse.Namespace, pad_id: i
 
 def compiled(model: Any, items: list[dict], args: argparse.Namespace, pad_id: int, eager_tps: float) -> dict:
     """``torch.compile`` of every decoder layer (in place): first step (compiles) and steady tokens/s."""
-    from medmvl.training.strategies import compile_blocks
+    from medmvl.training.distributed import compile_blocks
 
     compile_blocks(model.llm)  # what compile=true does
     opt = optimizer(model)

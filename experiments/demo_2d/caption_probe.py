@@ -19,9 +19,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from medmvl.assets import cache_dir
-from medmvl.data import demo_sources as src
-from medmvl.data.demo_questions import caption
-from medmvl.models.encoders.caption_pretrain import caption_pretrained, load_captioned_images
+from medmvl.demo import sources as src
+from medmvl.demo.caption_pretrain import caption_pretrained, load_captioned_images
+from medmvl.demo.questions_2d import caption
 
 CONF = Path(__file__).resolve().parents[2] / "src" / "medmvl" / "conf"
 PATCH = "medmvl.models.encoders.patch.PatchEncoder"

@@ -23,9 +23,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import medmvl
-from medmvl.data import demo3d
-from medmvl.data.demo3d_captions import caption_3d
-from medmvl.models.encoders.caption_pretrain import caption_targets, load_captioned_images
+from medmvl.demo import build_3d as demo3d
+from medmvl.demo.caption_pretrain import caption_targets, load_captioned_images
+from medmvl.demo.captions_3d import caption_3d
 
 CONF = Path(medmvl.__file__).parent / "conf"
 

@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from medmvl.cli.train import train
-from medmvl.models.io import from_pretrained
+from medmvl.interop.serialization import from_pretrained
 from tests.conftest import compose_train, run_entry
 
 

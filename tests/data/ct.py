@@ -17,7 +17,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from medmvl.assets import resolve_path
-from medmvl.data.demo_sources import CT_REF, MASK_REF, ORGAN_LABELS
+from medmvl.demo.sources import CT_REF, MASK_REF, ORGAN_LABELS
 
 STRIDE = (8, 8, 4)
 

@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from transformers import PreTrainedTokenizerBase  # noqa: E402
 
-from medmvl.models.tokenizer import load_tokenizer  # noqa: E402
+from medmvl.models.llm.tokenizer import load_tokenizer  # noqa: E402
 
 LLAMA_CPP = "pypi://llama-cpp-python==0.3.36/llama_cpp_python-0.3.36/vendor/llama.cpp/models/"
 PYDICOM_DATA = "pypi://pydicom-data==1.0.0/data_store/data/"

@@ -7,8 +7,8 @@ import random
 import torch
 from torch.utils.data import Dataset
 
-from medmvl.data.bucketing import LengthBuckets
-from medmvl.data.resumable import ResumableLoader
+from medmvl.data.sampling.bucketing import LengthBuckets
+from medmvl.data.sampling.resumable import ResumableLoader
 
 _RNG = random.Random(0)
 LENGTHS = [_RNG.randint(20, 300) for _ in range(203)]

@@ -7,7 +7,7 @@ import torch
 
 from medmvl.data.conversation import IGNORE_INDEX, ConversationEncoder, SampleTooLongError
 from medmvl.data.schema import AnnotationError, parse_sample
-from medmvl.models.tokenizer import load_tokenizer
+from medmvl.models.llm.tokenizer import load_tokenizer
 from tests.data.offline import FAMILIES, family_tokenizer
 
 FAMILY_NAMES = list(FAMILIES)

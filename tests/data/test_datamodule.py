@@ -13,7 +13,7 @@ from torchvision.transforms import v2
 
 import medmvl
 from medmvl.data.datamodule import MedVLDataModule
-from medmvl.data.sampler import ModalityBatchSampler
+from medmvl.data.sampling.modality import ModalityBatchSampler
 from tests.data.conftest import vqa, write_png
 
 NODE = Path(medmvl.__file__).parent / "conf" / "data" / "llava_2d.yaml"

@@ -12,9 +12,9 @@ import pydicom
 import pytest
 
 from medmvl.assets import resolve_path
-from medmvl.data import demo_sources as src
-from medmvl.data.demo import build_demo_2d, questions
-from medmvl.data.demo_questions import (
+from medmvl.demo import sources as src
+from medmvl.demo.build_2d import build_demo_2d, questions
+from medmvl.demo.questions_2d import (
     CAPTION_ORGANS,
     OPEN_TYPES,
     READING_SOURCE,

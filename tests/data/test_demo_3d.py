@@ -11,12 +11,12 @@ import pytest
 from hydra.utils import instantiate
 
 from medmvl.cli.data import main as data_main
-from medmvl.data import demo3d
-from medmvl.data import demo_sources as src
-from medmvl.data.demo import questions
-from medmvl.data.demo3d import Demo3dDataModule
-from medmvl.data.demo3d_captions import CAPTION_ORGANS, caption_3d
-from medmvl.evaluation.demo_report import demo_report
+from medmvl.demo import build_3d as demo3d
+from medmvl.demo import sources as src
+from medmvl.demo.build_2d import questions
+from medmvl.demo.build_3d import Demo3dDataModule
+from medmvl.demo.captions_3d import CAPTION_ORGANS, caption_3d
+from medmvl.demo.report import demo_report
 from medmvl.inference import Generator
 from medmvl.models.vlm import MedVLM
 from tests.conftest import compose_train
@@ -239,7 +239,7 @@ def test_demo_report_reads_volumes_as_training_did(
             seen.append(kwargs)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr("medmvl.evaluation.demo_report.Generator", Recording)
+    monkeypatch.setattr("medmvl.demo.report.Generator", Recording)
     metrics = demo_report(model=model, datamodule=dm, output_dir=tmp_path, batch_size=9, max_new_tokens=2)
     assert seen[0]["volume_options"] == {"intensity": "uint8", "crop_foreground": False}
     assert metrics["n_closed"] == PARAMS["n_val"] and metrics["chance_accuracy"] == 0.5

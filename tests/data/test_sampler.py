@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 from torch.utils.data import DataLoader, DistributedSampler
 
-from medmvl.data.sampler import GROUPS, BatchFetch, ModalityBatchSampler, modality
+from medmvl.data.sampling.modality import GROUPS, BatchFetch, ModalityBatchSampler, modality
 
 # 11 2D, 7 3D, 3 text-only, 2 with both, interleaved as in a real mixed file
 GROUP_OF = ["2d"] * 11 + ["3d"] * 7 + ["text"] * 3 + ["2d+3d"] * 2

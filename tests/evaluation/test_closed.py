@@ -1,10 +1,10 @@
-"""Closed and open answer scoring on hand-made examples (definitions in medmvl.evaluation.closed)."""
+"""Closed and open answer scoring on hand-made examples (definitions in medmvl.evaluation.metrics.closed)."""
 
 from __future__ import annotations
 
 import pytest
 
-from medmvl.evaluation.closed import (
+from medmvl.evaluation.metrics.closed import (
     closed_correct,
     is_closed,
     named_choices,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from medmvl.data.datamodule import MedVLDataModule
-from medmvl.evaluation.demo_report import demo_report, process_start_time
+from medmvl.demo.report import demo_report, process_start_time
 from medmvl.inference import Generator
 from medmvl.models.vlm import MedVLM
 from tests.inference.conftest import record, write_records
@@ -136,7 +136,7 @@ def test_a_later_report_in_the_same_process_counts_from_the_previous_one(
     talkative_model: MedVLM, datamodule: MedVLDataModule, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The jobs of a ``-m`` sweep share one process: job k's minutes must not include jobs 0..k-1."""
-    from medmvl.evaluation import demo_report as module
+    from medmvl.demo import report as module
 
     monkeypatch.setattr(Generator, "generate", lambda self, queries, **kw: ["yes"] * len(queries))
     monkeypatch.setattr(module, "process_start_time", lambda: time.time() - 3600)  # job 0 began an hour ago

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from medmvl.evaluation.choice import choice_correct, marked_options, reference_letter
-from medmvl.evaluation.closed import open_exact_match, open_recall
-from medmvl.evaluation.text import bleu, rouge_l, token_f1, words
+from medmvl.evaluation.metrics.choice import choice_correct, marked_options, reference_letter
+from medmvl.evaluation.metrics.closed import open_exact_match, open_recall
+from medmvl.evaluation.metrics.text import bleu, rouge_l, token_f1, words
 
 BP = math.exp(1 - 5 / 4)  # brevity penalty of 4 prediction words against 5 reference words
 

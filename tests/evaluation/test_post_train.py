@@ -12,7 +12,7 @@ from tests.conftest import compose_train
 
 def test_post_train_hook_writes_demo_results(tmp_path: Path) -> None:
     ann = write_colour_set(tmp_path / "data", n=4)
-    hook = "{_target_:medmvl.evaluation.demo_report.demo_report,_partial_:true,batch_size:4,max_new_tokens:3}"
+    hook = "{_target_:medmvl.demo.report.demo_report,_partial_:true,batch_size:4,max_new_tokens:3}"
     cfg = compose_train(
         [
             "experiment=none",

@@ -20,8 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
+from medmvl.interop.serialization import save_pretrained
 from medmvl.models.build import build_model
-from medmvl.models.io import save_pretrained
 from medmvl.models.vlm import MedVLM
 from tests.conftest import compose_train, scratch
 

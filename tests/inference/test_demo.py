@@ -16,9 +16,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
+from medmvl.apps.gradio_app import Session, sample_for
+from medmvl.apps.scans import open_scan
 from medmvl.inference import Generator
-from medmvl.inference.demo_app import Session, sample_for
-from medmvl.inference.scans import open_scan
 from medmvl.models.vlm import MedVLM
 from tests.conftest import CONF_DIR
 

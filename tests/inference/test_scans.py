@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from medmvl.inference.scans import Scan, UploadError, open_scan, render_slice, scan_kind
+from medmvl.apps.scans import Scan, UploadError, open_scan, render_slice, scan_kind
 from tests.data.ct import write_dicom_series
 
 LIMITS = {"max_bytes": 2**20, "max_unzipped_bytes": 4 * 2**20}

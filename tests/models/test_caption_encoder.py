@@ -11,17 +11,17 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from medmvl.models.build import build_model
-from medmvl.models.connectors.mlp import MlpConnector
-from medmvl.models.encoders.caption_pretrain import (
+from medmvl.demo.caption_pretrain import (
     caption_pretrained,
     caption_targets,
     fit_slots,
     slot_vocabulary,
 )
+from medmvl.interop.serialization import from_pretrained, save_pretrained
+from medmvl.models.build import build_model
+from medmvl.models.connectors.mlp import MlpConnector
 from medmvl.models.encoders.caption_slots import CaptionSlotEncoder
 from medmvl.models.encoders.patch import PatchEncoder
-from medmvl.models.io import from_pretrained, save_pretrained
 from tests.conftest import compose_train
 
 BACKBONE = {

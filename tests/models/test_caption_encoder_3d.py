@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from medmvl.demo import caption_pretrain
+from medmvl.demo.caption_pretrain import caption_pretrained, load_captioned_images
+from medmvl.interop.serialization import from_pretrained, save_pretrained
 from medmvl.models.build import build_model
-from medmvl.models.encoders import caption_pretrain
-from medmvl.models.encoders.caption_pretrain import caption_pretrained, load_captioned_images
-from medmvl.models.io import from_pretrained, save_pretrained
 from tests.conftest import compose_train
 
 SIZE = (4, 16, 16)  # [d, h, w]

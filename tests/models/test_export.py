@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from medmvl.cli.export import export
 from medmvl.cli.train import train
-from medmvl.models.io import ADAPTER_DIR, from_pretrained
+from medmvl.interop.serialization import ADAPTER_DIR, from_pretrained
 from medmvl.training.checkpoint import load_checkpoint
 from medmvl.training.stages import merge_lora
 from tests.cli.conftest import write_colour_set

@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from medmvl.inference.generate import Generator, as_sample
+from medmvl.inference.generator import Generator, as_sample
+from medmvl.interop.llava import LlavaExportError, export_llava, llava_refusal
 from medmvl.models.build import build_model
-from medmvl.models.export_llava import LlavaExportError, export_llava, llava_refusal
 from medmvl.models.vlm import MedVLM
 from medmvl.training.stages import apply_stage
 from tests.conftest import compose_train

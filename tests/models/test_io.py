@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from medmvl.models.io import CONFIG_NAME, from_pretrained, save_pretrained
+from medmvl.interop.serialization import CONFIG_NAME, from_pretrained, save_pretrained
 from medmvl.models.vlm import MedVLM
 
 

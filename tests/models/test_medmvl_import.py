@@ -20,9 +20,9 @@ from transformers import AutoModelForCausalLM, Qwen2Config, SiglipVisionConfig, 
 
 from medmvl.cli.export import load_source
 from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN
-from medmvl.models.io import from_pretrained, save_pretrained
-from medmvl.models.medmvl_import import MedmvlImportError, is_medmvl_checkpoint, load_medmvl
-from medmvl.models.tokenizer import load_tokenizer
+from medmvl.interop.medm_vl import MedmvlImportError, is_medmvl_checkpoint, load_medmvl
+from medmvl.interop.serialization import from_pretrained, save_pretrained
+from medmvl.models.llm.tokenizer import load_tokenizer
 from tests.data.offline import FAMILIES
 
 SYSTEM = (

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from medmvl.data.conversation import ConversationEncoder
 from medmvl.data.schema import Sample, Turn
-from medmvl.models.llm import LanguageModel
+from medmvl.models.llm.loader import LanguageModel
 from medmvl.models.vlm import MedVLM
 from medmvl.training.stages import apply_stage
 from tests.conftest import compose_train

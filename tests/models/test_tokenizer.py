@@ -6,7 +6,7 @@ import pytest
 import transformers
 
 from medmvl.assets import resolve_path
-from medmvl.models.tokenizer import load_tokenizer, read_chat_template
+from medmvl.models.llm.tokenizer import load_tokenizer, read_chat_template
 from tests.data.offline import FAMILIES, LLAMA_CPP, family_tokenizer
 
 VOCABS = {"qwen2.5": "qwen2", "llama3.2": "llama-bpe", "phi3": "phi-3", "phi2": "gpt-2"}

@@ -15,9 +15,9 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from medmvl.cli.train import train
+from medmvl.interop.serialization import from_pretrained, save_pretrained
 from medmvl.models.build import build_model
-from medmvl.models.io import from_pretrained, save_pretrained
-from medmvl.models.llm import LanguageModel
+from medmvl.models.llm.loader import LanguageModel
 from medmvl.models.vlm import MedVLM
 from medmvl.training.stages import apply_stage, stage_modes
 from tests.conftest import compose_train, run_entry

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medmvl.training.faults import TMP_MARK, AtomicCheckpointIO
+from medmvl.training.checkpoint_io import TMP_MARK, AtomicCheckpointIO
 from tests.cli.conftest import write_colour_set
 from tests.conftest import ROOT
 from tests.reliability import runner
@@ -153,7 +153,7 @@ def test_a_nan_loss_stops_the_run_naming_the_sample_ids(tmp_path: Path) -> None:
 def test_a_nan_loss_in_an_accumulated_micro_batch_stops_before_the_update(tmp_path: Path) -> None:
     """``raise`` is checked in ``on_before_optimizer_step``: every micro-batch of the step counts."""
     from medmvl.cli.train import train
-    from medmvl.training.faults import NonFiniteLossError
+    from medmvl.training.module import NonFiniteLossError
     from tests.conftest import compose_train
 
     run = tmp_path / "run"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medmvl.training.faults import TMP_MARK
+from medmvl.training.checkpoint_io import TMP_MARK
 from tests.cli.conftest import write_colour_set
 from tests.reliability import runner
 

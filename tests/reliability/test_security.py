@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from medmvl.models.safe_weights import PickleWeightsError
-from medmvl.training.faults import AtomicCheckpointIO, UnsafeCheckpointError
+from medmvl.interop.safe_weights import PickleWeightsError
+from medmvl.training.checkpoint_io import AtomicCheckpointIO, UnsafeCheckpointError
 from tests.conftest import CONF_DIR, compose_train
 
 SRC = CONF_DIR.parent
@@ -73,7 +73,7 @@ def test_llm_loader_passes_trust_remote_code_only_when_set(value, monkeypatch, t
     """``load_llm`` forwards the per-component flag (default False) and asks for safetensors."""
     from transformers import AutoModelForCausalLM
 
-    import medmvl.models.llm as llm_mod
+    import medmvl.models.llm.loader as llm_mod
 
     calls = []
 
@@ -92,7 +92,7 @@ def test_llm_loader_passes_trust_remote_code_only_when_set(value, monkeypatch, t
 def test_tokenizer_loader_defaults_remote_code_off(monkeypatch) -> None:
     from transformers import AutoTokenizer
 
-    import medmvl.models.tokenizer as tok_mod
+    import medmvl.models.llm.tokenizer as tok_mod
 
     calls = []
 
@@ -119,7 +119,7 @@ def _pickle_only_folder(tmp_path: Path, marker: Path) -> Path:
 
 
 def test_llm_folder_with_only_pickle_weights_is_refused(tmp_path: Path) -> None:
-    from medmvl.models.llm import load_llm
+    from medmvl.models.llm.loader import load_llm
 
     marker = tmp_path / "pwned"
     folder = _pickle_only_folder(tmp_path, marker)
@@ -149,7 +149,7 @@ def test_every_trainer_uses_the_atomic_weights_only_checkpoint_io() -> None:
     for option in sorted(p.stem for p in (CONF_DIR / "trainer").glob("*.yaml")):
         cfg = compose_train(["experiment=none", f"trainer={option}"])
         targets = [p["_target_"] for p in cfg.trainer.get("plugins") or []]
-        assert targets == ["medmvl.training.faults.AtomicCheckpointIO"], option
+        assert targets == ["medmvl.training.checkpoint_io.AtomicCheckpointIO"], option
 
 
 def test_checkpoint_with_pickled_code_is_refused(tmp_path: Path) -> None:
@@ -233,7 +233,7 @@ def test_demo_listens_locally_with_upload_limits_and_a_temporary_folder(monkeypa
 
 
 def test_demo_uploads_are_checked_for_type_size_and_zip_escapes(tmp_path: Path) -> None:
-    from medmvl.inference.scans import UploadError, open_scan
+    from medmvl.apps.scans import UploadError, open_scan
 
     limits = {"work_dir": tmp_path / "work", "max_bytes": 1000, "max_unzipped_bytes": 10_000}
     (tmp_path / "work").mkdir()

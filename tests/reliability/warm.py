@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 import medmvl.cli.train  # noqa: F401
 import medmvl.data.datamodule  # noqa: F401
 import medmvl.training.callbacks  # noqa: F401
-from medmvl.models import tokenizer
+from medmvl.models.llm import tokenizer
 from tests.conftest import compose_train
 
 _load = tokenizer.load_tokenizer

@@ -17,7 +17,7 @@ from PIL import Image
 
 from medmvl.cli.train import train
 from medmvl.data.conversation import IGNORE_INDEX
-from medmvl.inference.generate import Generator
+from medmvl.inference.generator import Generator
 from medmvl.models.build import build_model
 from medmvl.training.callbacks import ValPredictionTable, preview, split_answer
 from medmvl.training.loggers import resolve_wandb_mode

@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 
 from medmvl.cli.train import train
 from medmvl.models.build import build_model
+from medmvl.training.distributed import compile_blocks, is_sharded, shard_model, unsharded_copy
 from medmvl.training.stages import apply_stage
-from medmvl.training.strategies import compile_blocks, is_sharded, shard_model, unsharded_copy
 from tests.cli.conftest import write_colour_set
 from tests.conftest import compose_train, run_entry, scratch
 

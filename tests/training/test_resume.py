@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from medmvl.cli.train import train
-from medmvl.data.resumable import EpochSampler, ResumableLoader
+from medmvl.data.sampling.resumable import EpochSampler, ResumableLoader
 from tests.cli.conftest import write_colour_set
 from tests.conftest import compose_train
 

@@ -2,7 +2,7 @@
 
 ``medmvl-data build-demo`` builds (or reuses) the real-scan 2D demo VQA set and prints its folder (first
 line, for scripts) and the sample counts per question type and answer; ``build-demo-3d`` does the same
-for the real-CT 3D demo set (``medmvl.data.demo3d``). Further subcommands (e.g.
+for the real-CT 3D demo set (``medmvl.demo.build_3d``). Further subcommands (e.g.
 ``check``) add a ``_add_<name>(subparsers)`` function that registers a parser with ``func=`` and list it
 in ``SUBCOMMANDS``.
 """
@@ -29,7 +29,7 @@ def _print_build(folder: Path) -> int:
 
 
 def _build_demo(args: argparse.Namespace) -> int:
-    from medmvl.data.demo import build_demo_2d
+    from medmvl.demo.build_2d import build_demo_2d
 
     folder = build_demo_2d(
         args.out,
@@ -120,7 +120,7 @@ def _add_check(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _build_demo_3d(args: argparse.Namespace) -> int:
-    from medmvl.data.demo3d import build_demo_3d
+    from medmvl.demo.build_3d import build_demo_3d
 
     folder = build_demo_3d(
         args.out,

@@ -17,8 +17,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from medmvl.apps.gradio_app import DemoSettings, build_app, disable_telemetry
 from medmvl.cli.infer import build_generator
-from medmvl.inference.demo_app import DemoSettings, build_app, disable_telemetry
 
 
 def launch(cfg: DictConfig, *, block: bool = True) -> Any:

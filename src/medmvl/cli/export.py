@@ -3,8 +3,8 @@
 Sources (``ckpt=``): a Lightning ``.ckpt`` written by ``train.py`` (it carries its architecture and
 tokenizer, see :mod:`medmvl.training.checkpoint`), a training run folder (its ``checkpoints/last.ckpt``,
 else its saved ``model/``), a saved medmvl model folder, or a MedM-VL checkpoint folder. Targets
-(``format=``): a medmvl folder (``medmvl.models.io``) with LoRA merged or kept as PEFT adapters
-(``lora=``), or a transformers Llava folder (:mod:`medmvl.models.export_llava`).
+(``format=``): a medmvl folder (``medmvl.interop.serialization``) with LoRA merged or kept as PEFT adapters
+(``lora=``), or a transformers Llava folder (:mod:`medmvl.interop.llava`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from medmvl.models.io import CONFIG_NAME, from_pretrained, load_prompt_settings, save_pretrained
+from medmvl.interop.serialization import CONFIG_NAME, from_pretrained, load_prompt_settings, save_pretrained
 from medmvl.models.vlm import MedVLM
 
 log = logging.getLogger("medmvl.export")
@@ -30,7 +30,7 @@ def load_source(
     path: str | os.PathLike, *, dtype: str = "float32", medmvl_sources: dict[str, str] | None = None
 ) -> tuple[MedVLM, dict[str, Any]]:
     """The model at ``path`` (LoRA adapters kept when it has them) and its prompt settings."""
-    from medmvl.models.medmvl_import import is_medmvl_checkpoint, load_medmvl, medmvl_prompt_settings
+    from medmvl.interop.medm_vl import is_medmvl_checkpoint, load_medmvl, medmvl_prompt_settings
     from medmvl.training.checkpoint import load_checkpoint
 
     folder = Path(path).expanduser()
@@ -49,7 +49,7 @@ def load_source(
 
 def export(cfg: DictConfig) -> Path:
     """Write the model of ``cfg.ckpt`` to ``cfg.out`` in ``cfg.format``; returns the folder."""
-    from medmvl.models.export_llava import LlavaExportError, export_llava, llava_refusal
+    from medmvl.interop.llava import LlavaExportError, export_llava, llava_refusal
     from medmvl.training.stages import merge_lora
 
     if cfg.format not in FORMATS:

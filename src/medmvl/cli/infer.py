@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from medmvl.inference.batch import answer_file
-from medmvl.inference.generate import Generator, as_sample
-from medmvl.models.io import CONFIG_NAME, from_pretrained, load_prompt_settings
+from medmvl.inference.generator import Generator, as_sample
+from medmvl.interop.serialization import CONFIG_NAME, from_pretrained, load_prompt_settings
 from medmvl.models.vlm import MedVLM
 
 log = logging.getLogger("medmvl.infer")
@@ -38,7 +38,7 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     what = "does not exist" if not folder.exists() else f"has no {CONFIG_NAME} (nor model/{CONFIG_NAME})"
     raise FileNotFoundError(
         f"model={str(path)!r} is not a saved medmvl model: the folder {what}. Expected a folder written by "
-        "medmvl.models.io.save_pretrained (medmvl_config.json, model.safetensors, tokenizer/), e.g. "
+        "medmvl.interop.serialization.save_pretrained (medmvl_config.json, model.safetensors, tokenizer/), e.g. "
         "outputs/train/runs/<run>/model"
     )
 

@@ -15,12 +15,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from medmvl.interop.serialization import save_pretrained
 from medmvl.models.build import build_model
-from medmvl.models.io import save_pretrained
-from medmvl.training.faults import PreemptionCheckpoint
+from medmvl.training.distributed import unsharded_copy
 from medmvl.training.module import MedVLMModule
+from medmvl.training.preemption import PreemptionCheckpoint
 from medmvl.training.stages import apply_stage, merge_lora
-from medmvl.training.strategies import unsharded_copy
 
 log = logging.getLogger("medmvl.train")
 
@@ -113,10 +113,34 @@ def _with_stage(model: Any, stage: dict[str, Any]) -> Any:
     return model
 
 
+# what to say for a required value the command line did not give (``???`` in the composed config)
+HINTS = {
+    "data.annotations": "data.annotations=<train.json> (MedM-VL / LLaVA annotation JSON; relative image paths "
+    "resolve against data.image_dir=<folder>, volumes against data.image3d_dir=<folder>)",
+    "init_from": "init_from=<model folder> (a run's <run>/model, a Lightning checkpoint or a MedM-VL folder)",
+}
+
+
+def missing_settings(cfg: DictConfig) -> str | None:
+    """A message naming every required value ``cfg`` leaves unset (``???``), and how to go on; else None."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if not missing:
+        return None
+    lines = [f"  {key}: give {HINTS.get(key, key + '=<value>')}" for key in missing]
+    return "\n".join(
+        ["train.py: missing required setting(s):", *lines]
+        + ["Or run the embedded offline demo: make train (python train.py experiment=demo)."]
+    )
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point (console script ``medmvl-train`` and ``train.py``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    problem = missing_settings(cfg)
+    if problem:  # before anything is built or downloaded
+        print(problem, file=sys.stderr)
+        sys.exit(2)
     metrics = train(cfg)
     if "stopped_by_signal" in metrics:  # preempted: not finished, so not 0 (a job chain must not go on)
         sys.exit(128 + metrics["stopped_by_signal"])

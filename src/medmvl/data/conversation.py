@@ -6,7 +6,7 @@ rendering is a string prefix of the next, and tokenizing the renderings makes ev
 token-identical to its inference prompt and puts each answer boundary exactly where the generation prompt
 ends (no per-family regexes as in TinyLLaVA's templates). Where a tokenizer merges tokens across a boundary,
 only the text increment is tokenized, so the boundary stays exact. Each answer is supervised up to and
-including its end-of-turn token (``tokenizer.eos_token``, see ``medmvl.models.tokenizer``); whatever the
+including its end-of-turn token (``tokenizer.eos_token``, see ``medmvl.models.llm.tokenizer``); whatever the
 template adds after it (a newline, the next user turn) is not.
 
 Image placeholders (``<image>``, ``<image3d>``) are single tokens that are expanded here to the number of

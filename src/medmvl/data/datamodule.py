@@ -6,7 +6,7 @@ number of tokens each placeholder expands to (``connector.num_tokens`` per tower
 preprocessing — so image/volume size and normalisation cannot drift from the encoders (STYLE.md:
 dimensions flow from built objects).
 
-Batches hold one modality (``text``, ``2d``, ``3d`` or ``2d+3d``, see :mod:`medmvl.data.sampler`) whenever a
+Batches hold one modality (``text``, ``2d``, ``3d`` or ``2d+3d``, see :mod:`medmvl.data.sampling.modality`) whenever a
 file mixes them, with the same modality on every rank at every step.
 """
 
@@ -22,14 +22,14 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from medmvl.data.bucketing import LengthBuckets
 from medmvl.data.collate import Collator
 from medmvl.data.conversation import ConversationEncoder
 from medmvl.data.dataset import AnnotationDataset
 from medmvl.data.images import ImageTransform
 from medmvl.data.packing import PackingCollator
-from medmvl.data.resumable import ResumableLoader
-from medmvl.data.sampler import BatchFetch, ModalityBatchSampler
+from medmvl.data.sampling.bucketing import LengthBuckets
+from medmvl.data.sampling.modality import BatchFetch, ModalityBatchSampler
+from medmvl.data.sampling.resumable import ResumableLoader
 from medmvl.data.volumes import VolumeTransform
 
 IMAGE_CONFIG_KEYS = ("image_size", "image_mean", "image_std", "channels")
@@ -60,8 +60,8 @@ class MedVLDataModule(L.LightningDataModule):
             :mod:`medmvl.data.packing`); ``False``: one sample per row, right-padded.
         pack_length: Tokens per packed row; ``None``: the batch's longest sample.
         bucket_by_length: Batch training samples of similar length together (see
-            :mod:`medmvl.data.bucketing`; files of one modality; mixed files batch by modality).
-        tokenizer: Built by the CLI with ``medmvl.models.tokenizer.load_tokenizer``.
+            :mod:`medmvl.data.sampling.bucketing`; files of one modality; mixed files batch by modality).
+        tokenizer: Built by the CLI with ``medmvl.models.llm.tokenizer.load_tokenizer``.
         image_token_counts: Placeholder -> tokens per image, e.g. ``{"<image>": 64, "<image3d>": 256}``.
         image_config: The 2D encoder's preprocessing (``image_size``, ``image_mean``, ``image_std``,
             ``channels``); ``None`` when the model has no 2D tower.
@@ -187,7 +187,7 @@ class MedVLDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches (see ``Collator`` for the batch layout).
 
-        One modality in the file: a :class:`~medmvl.data.resumable.ResumableLoader`: the order and
+        One modality in the file: a :class:`~medmvl.data.sampling.resumable.ResumableLoader`: the order and
         augmentations follow from the run's seed (``seed_everything`` sets ``PL_GLOBAL_SEED``), and a resumed
         run continues mid-epoch exactly. Several modalities (e.g. 2D and 3D samples, or text-only samples
         among them): batches grouped by modality (``ModalityBatchSampler``); a resumed run restarts its

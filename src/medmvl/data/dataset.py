@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from medmvl.data.conversation import ConversationEncoder, SampleTooLongError
 from medmvl.data.images import ImageReadError, ImageTransform, load_image
 from medmvl.data.media import MediaPathError, resolve_media_path
-from medmvl.data.sampler import modality
+from medmvl.data.sampling.modality import modality
 from medmvl.data.schema import AnnotationError, Problem, Sample, raise_on_errors, read_annotations
 from medmvl.data.volumes import VolumeTransform
 

@@ -27,7 +27,7 @@ keys on the data item only, so a changed window or size would silently reuse sta
 Augmentation and per-encoder normalisation (:class:`VolumeTransform`) run after the cache, on every
 access. MONAI's random transforms keep their own generator, not torch's: each DataLoader worker would
 otherwise hold a copy of the same state, so :meth:`VolumeTransform.reseed` seeds it per sample
-(``medmvl.data.resumable`` calls the dataset's ``reseed``), or, failing that, once per process from
+(``medmvl.data.sampling.resumable`` calls the dataset's ``reseed``), or, failing that, once per process from
 torch's per-worker seed.
 """
 

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medmvl.data.schema import AnnotationError
-from medmvl.evaluation.choice import reference_letter, starts_with_option
-from medmvl.evaluation.closed import YES_NO, normalise
+from medmvl.evaluation.metrics.choice import reference_letter, starts_with_option
+from medmvl.evaluation.metrics.closed import YES_NO, normalise
 
 Kind = Literal["closed", "choice", "open"]
 KINDS: tuple[Kind, ...] = ("closed", "choice", "open")

@@ -13,10 +13,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from medmvl.evaluation.choice import choice_correct
-from medmvl.evaluation.closed import closed_correct, mean, open_exact_match, open_recall
+from medmvl.evaluation.metrics.choice import choice_correct
+from medmvl.evaluation.metrics.closed import closed_correct, mean, open_exact_match, open_recall
+from medmvl.evaluation.metrics.text import bleu, rouge_l, token_f1
 from medmvl.evaluation.predictions import KINDS, PredictionRow
-from medmvl.evaluation.text import bleu, rouge_l, token_f1
 
 OPEN_METRICS = ("recall", "exact_match", "token_f1", "bleu1", "bleu2", "bleu3", "bleu4", "rouge_l")
 COLUMNS = (  # (metric key in a group entry, markdown header)

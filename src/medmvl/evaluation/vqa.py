@@ -3,7 +3,7 @@
 A record's reference answer is its ``answer`` field, else the text of its final ``gpt`` turn (which the
 generator drops from the prompt). ``question_type`` (default ``"all"``), ``answer_type``
 (``closed``/``open``; default: closed when the record has ``choices`` or a yes/no answer) and ``choices``
-are optional extra keys, as written by ``medmvl.data.demo``. Metric definitions: ``closed.py``.
+are optional extra keys, as written by ``medmvl.demo.build_2d``. Metric definitions: ``closed.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from medmvl.data.schema import AnnotationError, Sample, raise_on_errors, validate_records
-from medmvl.evaluation.closed import (
+from medmvl.evaluation.metrics.closed import (
     YES_NO,
     closed_correct,
     is_closed,

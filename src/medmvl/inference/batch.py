@@ -30,7 +30,7 @@ from medmvl.data.schema import (
     raise_on_errors,
     validate_records,
 )
-from medmvl.inference.generate import Generator
+from medmvl.inference.generator import Generator
 
 log = logging.getLogger("medmvl.infer")
 PARTIAL_SUFFIX = ".partial.jsonl"

@@ -21,7 +21,7 @@ def build_model(cfg: DictConfig) -> MedVLM:
     ``cfg.init_from`` (optional) names a saved medmvl folder to start from instead.
     """
     if cfg.get("init_from"):
-        from medmvl.models.io import from_pretrained
+        from medmvl.interop.serialization import from_pretrained
 
         log.info("initialising from %s", cfg.init_from)
         return from_pretrained(cfg.init_from)

@@ -20,7 +20,7 @@ from torch import nn
 from medmvl.data.collate import supervised_index
 from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN
 from medmvl.models.encoders.base import VisionEncoder
-from medmvl.models.llm import LanguageModel
+from medmvl.models.llm.loader import LanguageModel
 
 
 class MedVLM(nn.Module):

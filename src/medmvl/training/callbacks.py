@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from medmvl.data.conversation import IGNORE_INDEX
-from medmvl.data.sampler import BatchFetch
+from medmvl.data.sampling.modality import BatchFetch
 from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN
 from medmvl.training.loggers import log_table, shows_tables
 from medmvl.training.stages import trainable_table

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from medmvl.models.io import build_from_config, model_config
+from medmvl.interop.serialization import build_from_config, model_config
 from medmvl.models.vlm import MedVLM
 
 KEY = "medmvl"

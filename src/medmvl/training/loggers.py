@@ -6,18 +6,26 @@ other in one process, would all write into the first job's run. :class:`WandbLog
 the environment and finishes the run when ``fit`` ends. :func:`log_table` sends rows (text, numbers and
 ``[h, w, 3]`` uint8 images) to each logger of a trainer in that logger's own form, so callbacks stay
 logger-agnostic.
+
+Lightning's ``CSVLogger`` writes ``metrics.csv`` afresh in each process, deleting the rows of an
+interrupted run; :class:`CSVLogger` here keeps them, drops the rows past the checkpoint (the resumed run
+logs those steps again) and appends.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lightning.fabric.loggers.csv_logs import _ExperimentWriter
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 
 
@@ -157,3 +165,47 @@ def log_table(
                 for name, value in zip(columns, row):
                     if isinstance(value, np.ndarray):
                         writer.add_image(f"{key}/{i}_{name}", value, global_step=step, dataformats="HWC")
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer that keeps an existing ``metrics.csv`` and appends to it."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = list(next(csv.reader(f), []))
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Lightning's ``CSVLogger`` whose ``metrics.csv`` survives a resume (same arguments).
+
+    A resumed run calls :meth:`resume_at` with the checkpoint's step: rows logged after it by the
+    interrupted run are dropped (the resumed run logs them again), earlier rows stay, new rows append.
+    """
+
+    @property
+    def experiment(self) -> _ExperimentWriter:  # noqa: D102 - Lightning's
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    @rank_zero_only
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        """Flush the rows logged so far, so ``metrics.csv`` holds every step a checkpoint holds."""
+        self.save()
+
+    @rank_zero_only
+    def resume_at(self, step: int) -> None:
+        """Drop the rows of ``metrics.csv`` with ``step >= step`` (logged after the checkpoint)."""
+        path = os.path.join(self.log_dir, _ExperimentWriter.NAME_METRICS_FILE)
+        if not os.path.isfile(path):
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = reader.fieldnames or [], list(reader)
+        kept = [r for r in rows if not r.get("step") or int(float(r["step"])) < step]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(kept)

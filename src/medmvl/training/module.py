@@ -13,12 +13,15 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
 
 from medmvl.training import checkpoint as ckpt_meta
-from medmvl.training.faults import NonFiniteLossError
-from medmvl.training.resume import run_seed, seed_batch
+from medmvl.training.distributed import compile_blocks, is_sharded, shard_model
+from medmvl.training.reproducibility import run_seed, seed_batch
 from medmvl.training.stages import apply_stage, render, stage_modes, trainable_table
-from medmvl.training.strategies import compile_blocks, is_sharded, shard_model
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss was NaN or infinite; the message names the batch and its sample ids."""
 
 
 class MedVLMModule(L.LightningModule):
@@ -30,7 +33,7 @@ class MedVLMModule(L.LightningModule):
         scheduler: partial schedule called as ``scheduler(optimizer, num_training_steps=...)``; stepped
             every optimizer step.
         stage: per-module ``{mode, lr, weight_decay}`` (see :mod:`medmvl.training.stages`).
-        nonfinite_loss: a NaN/inf training loss ``raise``-s :class:`~medmvl.training.faults.NonFiniteLossError`
+        nonfinite_loss: a NaN/inf training loss ``raise``-s :class:`NonFiniteLossError`
             naming the batch's sample ids before the optimizer step (checked there, not after the
             forward, so the host never waits for the GPU mid-step), or the step is ``skip``-ped (checked
             after the forward: no backward, no optimizer step; counted as ``train/nonfinite_skipped`` per
@@ -90,7 +93,7 @@ class MedVLMModule(L.LightningModule):
         """Shard the model with FSDP2 under ``trainer=fsdp`` (``ModelParallelStrategy``); else nothing.
 
         The stage was applied in ``__init__``, before sharding: LoRA adapters exist and ``requires_grad`` is
-        final, so :func:`~medmvl.training.strategies.shard_model` can keep frozen and trainable
+        final, so :func:`~medmvl.training.distributed.shard_model` can keep frozen and trainable
         parameters in separate units.
         """
         from lightning.pytorch.strategies import ModelParallelStrategy

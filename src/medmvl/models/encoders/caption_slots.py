@@ -5,7 +5,7 @@ learn to read arbitrary image features. ``CaptionSlotEncoder`` puts a small imag
 :class:`~medmvl.models.encoders.patch.PatchEncoder`) under a linear head that predicts, for each of
 ``num_slots`` output slots, a distribution over a small vocabulary of LLM tokens, and emits the expected
 embedding ``softmax(logits) @ vocab`` ([b, slots, d_llm]). Pre-trained on image–caption pairs (slot ``k``
-predicts the ``k``-th caption token; :mod:`medmvl.models.encoders.caption_pretrain`), its tokens read like
+predicts the ``k``-th caption token; :mod:`medmvl.demo.caption_pretrain`), its tokens read like
 the caption of the image, and the language model only has to learn to answer from them.
 
 The vocabulary rows start as copies of the LLM's input embeddings of ``vocab_ids`` and are trainable

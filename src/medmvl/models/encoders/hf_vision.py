@@ -8,8 +8,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
+from medmvl.interop.safe_weights import safetensors_only
 from medmvl.models.encoders.base import VisionEncoder
-from medmvl.models.safe_weights import safetensors_only
 
 log = logging.getLogger(__name__)
 

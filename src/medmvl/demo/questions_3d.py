@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from medmvl.data.demo3d_volume import Render, answer_keys, labels, load_ct, random_render, z_split
+from medmvl.demo.volume_3d import Render, answer_keys, labels, load_ct, random_render, z_split
 
 MAX_TRIES = 200  # random crops tried per planned question before giving up
 

@@ -8,7 +8,7 @@ their distractor from the answers the same split produces; the option order alte
 right answer comes first in half of a key's samples.
 
 ``caption`` describes a view in fixed-length English sentences (one per organ, then the modality), the
-text a from-scratch encoder is pre-trained to emit (``medmvl.models.encoders.caption_pretrain``).
+text a from-scratch encoder is pre-trained to emit (``medmvl.demo.caption_pretrain``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medmvl.data.demo_sources import View
+from medmvl.demo.sources import View
 
 # Share of each question type per split (closed types first; each sums to 1). Training leans on the
 # organ questions, which take a language model the most examples to learn to read; held-out keeps an even mix.

@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 
 from medmvl.assets import cache_dir
-from medmvl.data import demo_sources as src
-from medmvl.data.demo import answer_counts
-from medmvl.data.demo3d_captions import caption_3d, caption_record
-from medmvl.data.demo3d_questions import (
+from medmvl.demo import sources as src
+from medmvl.demo.build_2d import answer_counts
+from medmvl.demo.build_folder import build_folder
+from medmvl.demo.captions_3d import caption_3d, caption_record
+from medmvl.demo.datamodule import DemoDataModule
+from medmvl.demo.questions_3d import (
     MAX_TRIES,
     PLURAL,
     QUESTION_TYPES,
@@ -35,7 +37,7 @@ from medmvl.data.demo3d_questions import (
     phrase,
     plan_split,
 )
-from medmvl.data.demo3d_volume import (
+from medmvl.demo.volume_3d import (
     BODY_HU,
     CORD,
     CROP_RANGE,
@@ -61,10 +63,8 @@ from medmvl.data.demo3d_volume import (
     slab_reference,
     z_split,
 )
-from medmvl.data.demo_build import build_folder
-from medmvl.data.demo_datamodule import DemoDataModule
 
-BUILDER = "medmvl.data.demo3d.build_demo_3d"
+BUILDER = "medmvl.demo.build_3d.build_demo_3d"
 VERSION = 2
 SPLITS = ("train", "val")
 BUILD_FILES = tuple(f"{s}.json" for s in (*SPLITS, "captions"))  # besides meta.json and volumes/

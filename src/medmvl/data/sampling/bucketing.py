@@ -9,7 +9,7 @@ row and makes the rows nearly equal instead. Measured on this project's 2-core C
 The order stays a pure function of ``(seed, epoch)``: each window of ``window * batch_size`` consecutive
 indices of the (already shuffled, per-rank) epoch order is sorted by length and cut into batches, and
 the full batches of the window are shuffled; a final partial batch stays last. The training loader can
-then still resume mid-epoch by skipping whole batches (``medmvl.data.resumable``).
+then still resume mid-epoch by skipping whole batches (``medmvl.data.sampling.resumable``).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ class EpochSampler(DistributedSampler):
         num_replicas: Data-parallel processes.
         rank: This process.
         arrange: Optional ``arrange(order, epoch) -> order`` applied to this rank's epoch order (a pure
-            function, e.g. ``medmvl.data.bucketing.LengthBuckets``), so resuming still skips exactly.
+            function, e.g. ``medmvl.data.sampling.bucketing.LengthBuckets``), so resuming still skips exactly.
     """
 
     def __init__(

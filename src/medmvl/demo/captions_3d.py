@@ -1,7 +1,7 @@
 """Captions of the 3D demo's training sub-volumes, for LLM-free caption pre-training of a 3D encoder.
 
 Why: a from-scratch encoder trained end-to-end through SmolLM2 stays at chance in a CPU budget (2D demo,
-experiments/README.md); caption pre-training (``medmvl.models.encoders.caption_pretrain``) first teaches
+experiments/README.md); caption pre-training (``medmvl.demo.caption_pretrain``) first teaches
 the encoder to emit, slot by slot, the words of a caption the LLM can read. The caption holds every fact
 the 3D questions ask about, at fixed token positions: one sentence per organ of ``CAPTION_ORGANS`` (the
 same number of tokens whatever its status), then the largest visible organ, e.g. ``The liver is seen on
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medmvl.data import demo_sources as src
+from medmvl.demo import sources as src
 
 CAPTION_ORGANS = tuple(src.ORGAN_LABELS)  # liver, heart, spleen, stomach, kidneys, lungs
 UNKNOWN = "unknown"

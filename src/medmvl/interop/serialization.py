@@ -12,7 +12,7 @@ Layout::
                          the base weights without the adapters
 
 Only safetensors are read or written; nothing is unpickled. A MedM-VL checkpoint folder (its own
-``config.json`` layout) is read too: :func:`from_pretrained` hands it to :mod:`medmvl.models.medmvl_import`.
+``config.json`` layout) is read too: :func:`from_pretrained` hands it to :mod:`medmvl.interop.medm_vl`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from safetensors.torch import load_model, save_file
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from medmvl.models.llm import export_llm_config, load_llm
+from medmvl.models.llm.loader import export_llm_config, load_llm
 from medmvl.models.vlm import MedVLM
 
 CONFIG_NAME = "medmvl_config.json"
@@ -119,7 +119,7 @@ def from_pretrained(
     folder = Path(path)
     cfg_file = folder / CONFIG_NAME
     if not cfg_file.exists():
-        from medmvl.models.medmvl_import import is_medmvl_checkpoint, load_medmvl
+        from medmvl.interop.medm_vl import is_medmvl_checkpoint, load_medmvl
 
         if is_medmvl_checkpoint(folder):
             return load_medmvl(folder, dtype=dtype).to(map_location)

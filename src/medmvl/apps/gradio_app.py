@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN, Sample, Turn
-from medmvl.inference.generate import Generator
-from medmvl.inference.scans import (
+from medmvl.apps.scans import (
     ACCEPTED,
     PLANES,
     SUFFIXES_2D,
@@ -35,6 +33,8 @@ from medmvl.inference.scans import (
     open_scan,
     render_slice,
 )
+from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN, Sample, Turn
+from medmvl.inference.generator import Generator
 
 VIEW_BUTTONS = ["download", "fullscreen"]  # no "share": it posts to Hugging Face
 

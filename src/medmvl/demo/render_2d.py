@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medmvl.data.demo_sources import View
+from medmvl.demo.sources import View
 
 CROP_RANGE = (0.85, 1.0)
 WINDOW_JITTER = 0.05  # centre shift, as a fraction of the width

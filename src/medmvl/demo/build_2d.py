@@ -59,12 +59,12 @@ from typing import Any
 import numpy as np
 
 from medmvl.assets import cache_dir
-from medmvl.data import demo_sources as src
-from medmvl.data.demo_build import build_folder
-from medmvl.data.demo_questions import OPEN_TYPES, ORGANS, Planned, caption, plan_split, reading_views
-from medmvl.data.demo_render import render, save_png
+from medmvl.demo import sources as src
+from medmvl.demo.build_folder import build_folder
+from medmvl.demo.questions_2d import OPEN_TYPES, ORGANS, Planned, caption, plan_split, reading_views
+from medmvl.demo.render_2d import render, save_png
 
-BUILDER = "medmvl.data.demo.build_demo_2d"
+BUILDER = "medmvl.demo.build_2d.build_demo_2d"
 VERSION = 5
 SPLITS = ("train", "val")
 BUILD_FILES = tuple(f"{s}.json" for s in (*SPLITS, "captions"))  # besides meta.json and images/

@@ -6,7 +6,7 @@ Sources, by argument:
     dequantised once and cached as a safetensors folder under ``cache_dir()/models``.
   * ``config`` – architecture keyword arguments (``model_type`` plus sizes): random init, no download.
 
-The tokenizer is built by its own config node (:func:`medmvl.models.tokenizer.load_tokenizer`) and passed
+The tokenizer is built by its own config node (:func:`medmvl.models.llm.tokenizer.load_tokenizer`) and passed
 in, so the embedding matrix is resized to cover the image placeholder tokens it adds.
 """
 
@@ -27,7 +27,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from medmvl.assets import cache_dir, resolve_path
-from medmvl.models.safe_weights import safetensors_only
+from medmvl.interop.safe_weights import safetensors_only
 
 log = logging.getLogger(__name__)
 

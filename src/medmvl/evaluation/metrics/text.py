@@ -14,7 +14,7 @@ from collections import Counter
 
 from torchmetrics.functional.text import bleu_score, rouge_score
 
-from medmvl.evaluation.closed import normalise
+from medmvl.evaluation.metrics.closed import normalise
 
 
 def words(text: str) -> list[str]:

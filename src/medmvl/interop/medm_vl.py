@@ -57,8 +57,8 @@ from medmvl.models.encoders.clip import ClipEncoder
 from medmvl.models.encoders.medm_clip import MedMClipEncoder
 from medmvl.models.encoders.siglip import SiglipEncoder
 from medmvl.models.encoders.vit3d import Vit3dEncoder, VolumeEncoder
-from medmvl.models.llm import load_llm
-from medmvl.models.tokenizer import load_tokenizer
+from medmvl.models.llm.loader import load_llm
+from medmvl.models.llm.tokenizer import load_tokenizer
 from medmvl.models.vlm import MedVLM
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from medmvl.data.datamodule import MedVLDataModule
-from medmvl.data.demo import build_demo_2d
+from medmvl.demo.build_2d import build_demo_2d
 
 
 class DemoDataModule(MedVLDataModule):
@@ -15,7 +15,7 @@ class DemoDataModule(MedVLDataModule):
 
     Args:
         root: build folder (``${paths.cache_dir}/demo_2d``); reused when it holds the same build.
-        seed, n_train, n_val, image_size, turns, n_reading: build parameters (see :func:`medmvl.data.demo.build_demo_2d`).
+        seed, n_train, n_val, image_size, turns, n_reading: build parameters (see :func:`medmvl.demo.build_2d.build_demo_2d`).
         **kwargs: every other :class:`MedVLDataModule` argument (batch size, max length, built parts...).
     """
 

@@ -2,7 +2,7 @@
 
 Used as the training ``post_train`` hook (``conf/experiment/demo.yaml``)::
 
-    post_train: {_target_: medmvl.evaluation.demo_report.demo_report, _partial_: true,
+    post_train: {_target_: medmvl.demo.report.demo_report, _partial_: true,
                  batch_size: 16, max_new_tokens: 8}
 
 It answers every question of the held-out file twice — with its image, and text-only (images and
@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medmvl.evaluation.vqa import VQAItem, load_vqa, score, score_item
-from medmvl.inference.generate import Generator
+from medmvl.inference.generator import Generator
 from medmvl.models.vlm import MedVLM
 
 _IMPORTED_AT = time.time()

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medmvl.data import demo_sources as src
+from medmvl.demo import sources as src
 
 # Slab positions (first slice z0, slab [z0, z0 + depth)) must lie inside these inclusive z ranges.
 VAL_Z_BLOCKS = ((31, 36), (59, 64))
