@@ -61,4 +61,4 @@ def compose_train(overrides: list[str] | None = None, output_dir: Path | None = 
 @pytest.fixture
 def tiny_cfg(tmp_path: Path) -> DictConfig:
     """The default tiny stack (tiny2d + mlp + tiny LLM), CPU trainer, outputs under ``tmp_path``."""
-    return compose_train(["experiment=none", "logger=csv"], output_dir=tmp_path)
+    return compose_train(["logger=csv"], output_dir=tmp_path)

@@ -17,7 +17,11 @@ from tests.conftest import CONF_DIR, compose_train
 
 SKIP_GROUPS = {"hydra", "paths"}
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in SKIP_GROUPS)
-OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF_DIR / g).glob("*.yaml"))]
+OPTIONS = [
+    (g, str(f.relative_to(CONF_DIR / g).with_suffix("")))
+    for g in GROUPS
+    for f in sorted((CONF_DIR / g).rglob("*.yaml"))
+]
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
@@ -34,9 +38,7 @@ def _target_nodes(node: Any, path: str = "") -> Iterator[tuple[str, DictConfig]]
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_binds(group: str, option: str, tmp_path) -> None:
-    cfg = compose_train(
-        [f"{group}={option}"] + ([] if group == "experiment" else ["experiment=none"]), output_dir=tmp_path
-    )
+    cfg = compose_train([f"{group}={option}"], output_dir=tmp_path)
     nodes = list(_target_nodes(cfg))
     assert nodes, "no _target_ node composed"
     for path, node in nodes:
@@ -62,7 +64,7 @@ def test_unknown_key_fails(tmp_path) -> None:
 
 
 def test_resolves_without_network(tmp_path) -> None:
-    cfg = compose_train(["experiment=none", "encoder=siglip", "llm=qwen2.5"], output_dir=tmp_path)
+    cfg = compose_train(["encoder=siglip", "llm=qwen2.5"], output_dir=tmp_path)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved["llm"]["tokenizer"]["name_or_path"] == "Qwen/Qwen2.5-3B-Instruct"
     assert resolved["encoder"]["name_or_path"].startswith("google/siglip")

@@ -1,4 +1,4 @@
-"""The MedM-VL recipes (``conf/experiment/medm_vl_*.yaml``): published hyper-parameters, and each model built
+"""The MedM-VL recipes (``conf/experiment/medm_vl/*.yaml``): published hyper-parameters, and each model built
 on the meta device from the architecture configs shipped in ``experiments/recipes/arch`` (no weights, no
 network) with the published parameter counts."""
 
@@ -13,8 +13,9 @@ import torch
 import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
-from omegaconf.errors import InterpolationToMissingValueError
+from omegaconf.errors import InterpolationResolutionError
 
+from medmvl.cli.train import missing_settings
 from medmvl.models.build import build_model
 from medmvl.training.stages import apply_stage
 from tests.conftest import CONF_DIR, ROOT, compose_train
@@ -45,20 +46,20 @@ FINETUNE = {"encoder": "full", "connector": "full", "llm": "full"}
 LORA = {"encoder": "frozen", "connector": "full", "llm": "lora"}
 # MedM-VL's scripts (MSIIP/MedM-VL examples/): lr, epochs, per-device batch, accumulation, format, stage
 PUBLISHED: dict[str, dict[str, Any]] = {
-    "medm_vl_2d_3b_pretrain": dict(lr=1e-3, epochs=1, batch=64, accum=2, format="plain", modes=PRETRAIN),
-    "medm_vl_2d_3b_finetune": dict(lr=2e-5, epochs=3, batch=16, accum=4, format="chat", modes=FINETUNE),
-    "medm_vl_2d_3b_lora": dict(lr=2e-4, epochs=1, batch=16, accum=4, format="chat", modes=LORA),
-    "medm_vl_ct_chest_3b_pretrain": dict(
+    "medm_vl/2d_3b_pretrain": dict(lr=1e-3, epochs=1, batch=64, accum=2, format="plain", modes=PRETRAIN),
+    "medm_vl/2d_3b_finetune": dict(lr=2e-5, epochs=3, batch=16, accum=4, format="chat", modes=FINETUNE),
+    "medm_vl/2d_3b_lora": dict(lr=2e-4, epochs=1, batch=16, accum=4, format="chat", modes=LORA),
+    "medm_vl/ct_chest_3b_pretrain": dict(
         lr=1e-3, epochs=1, batch=16, accum=1, format="plain", modes=PRETRAIN
     ),
-    "medm_vl_ct_chest_3b_finetune": dict(lr=2e-5, epochs=1, batch=8, accum=1, format="chat", modes=FINETUNE),
-    "medm_vl_ct_chest_3b_m3dclip_pretrain": dict(
+    "medm_vl/ct_chest_3b_finetune": dict(lr=2e-5, epochs=1, batch=8, accum=1, format="chat", modes=FINETUNE),
+    "medm_vl/ct_chest_3b_m3dclip_pretrain": dict(
         lr=1e-3, epochs=1, batch=16, accum=1, format="plain", modes=PRETRAIN
     ),
-    "medm_vl_ct_chest_3b_m3dclip_finetune": dict(
+    "medm_vl/ct_chest_3b_m3dclip_finetune": dict(
         lr=2e-5, epochs=1, batch=8, accum=1, format="chat", modes=FINETUNE
     ),
-    "medm_vl_ct_chest_3b_lora": dict(lr=2e-4, epochs=1, batch=8, accum=1, format="chat", modes=LORA),
+    "medm_vl/ct_chest_3b_lora": dict(lr=2e-4, epochs=1, batch=8, accum=1, format="chat", modes=LORA),
 }
 RECIPES = sorted(PUBLISHED)
 
@@ -66,7 +67,7 @@ RECIPES = sorted(PUBLISHED)
 @functools.cache
 def offline_tokenizer() -> Any:
     """The tiny stack's Qwen2 tokenizer (offline, cached), built once for every recipe here."""
-    return instantiate(compose_train(["experiment=none", "llm=tiny"]).llm.tokenizer)
+    return instantiate(compose_train(["llm=tiny"]).llm.tokenizer)
 
 
 def _arch(name: str) -> dict[str, Any]:
@@ -78,7 +79,8 @@ def _encoder_kind(cfg: Any) -> str:
 
 
 def test_every_recipe_is_checked() -> None:
-    assert sorted(p.stem for p in (CONF_DIR / "experiment").glob("medm_vl_*.yaml")) == RECIPES
+    folder = CONF_DIR / "experiment" / "medm_vl"
+    assert sorted(f"medm_vl/{p.stem}" for p in folder.glob("*.yaml")) == RECIPES
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -119,8 +121,9 @@ def test_recipe_has_the_published_settings(recipe: str, tmp_path: Path) -> None:
     if want["modes"] == PRETRAIN:
         assert cfg.init_from is None
     else:  # stage 2 and LoRA start from a trained model, and say so when it is not given
-        with pytest.raises(InterpolationToMissingValueError, match="Missing mandatory value: base_model"):
+        with pytest.raises(InterpolationResolutionError, match="init_from is required by this experiment"):
             cfg.get("init_from")
+        assert "init_from: give init_from=<model folder>" in missing_settings(cfg)
         given = compose_train([f"experiment={recipe}", "init_from=/models/stage1"], output_dir=tmp_path)
         assert given.init_from == "/models/stage1"
 

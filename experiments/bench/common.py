@@ -35,7 +35,6 @@ CONF_DIR = Path(medmvl.__file__).parent / "conf"
 # where the JSON results go (``run.py --quick`` points this at a scratch folder)
 RESULTS = Path(os.environ.get("MEDMVL_BENCH_RESULTS") or Path(__file__).parent / "results")
 MODEL = [
-    "experiment=none",
     "encoder=siglip_small",
     "encoder.config.patch_size=8",
     "connector=mlp",

@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 from tests.cli.conftest import write_colour_set  # noqa: E402
 
 COMMON = [
-    "experiment=none",
     "logger=csv",
     "trainer.max_epochs=100",
     "trainer.log_every_n_steps=1",

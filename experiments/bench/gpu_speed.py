@@ -40,7 +40,7 @@ from train_speed import CONFIGS, INPUTS, layout_batches, tokens
 from medmvl.data.collate import Collator
 from medmvl.data.packing import PackingCollator
 
-VISION = ["experiment=none", "encoder=siglip_small", "encoder.config.patch_size=8", "connector=mlp"]
+VISION = ["encoder=siglip_small", "encoder.config.patch_size=8", "connector=mlp"]
 ARCHS = {
     "smollm2": [
         "llm=smollm2",

@@ -28,7 +28,6 @@ from medmvl.assets import resolve_path
 from medmvl.demo.sources import CT_REF
 
 MODEL_3D = [
-    "experiment=none",
     "encoder=m3d_clip",
     "encoder.name_or_path=null",
     "connector=spatial_pool",

@@ -256,7 +256,7 @@ def bf16_autocast() -> dict:
     """bf16 on this CPU: matmul peak, and one training step of the tiny model with and without autocast."""
     from medmvl.models.build import build_model
 
-    cfg = common.compose_cfg(["experiment=none"])
+    cfg = common.compose_cfg([])
     torch.manual_seed(0)
     model = build_model(cfg)
     ids = torch.randint(100, 5000, (4, 96))

@@ -28,7 +28,7 @@ def _job(sweep: Path, name: str, num: int, overrides: list[str], csv_rows: list[
 
 def test_report_table_best_values_missing_jobs_and_plot(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    common = ["experiment=none", "data.annotations=/data/train.json"]
+    common = ["data.annotations=/data/train.json"]
     _job(sweep, "0_connector=mlp,stage=finetune", 0, [*common, "connector=mlp", "stage=finetune"],
          ["0,0,2.0,", "0,1,1.5,", "0,1,,1.40", "1,3,1.1,", "1,3,,1.20"])  # fmt: skip
     _job(sweep, "1_connector=attn_pool,stage=finetune", 1, [*common, "connector=attn_pool", "stage=finetune"],
@@ -82,7 +82,6 @@ def test_tiny_2x2_sweep_and_report(tmp_path: Path, colour_data: list[str]) -> No
     out = run_entry(
         "train.py",
         "-m",
-        "experiment=none",
         "encoder=tiny2d",
         "llm=tiny",
         "connector=mlp,attn_pool",

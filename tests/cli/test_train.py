@@ -16,7 +16,7 @@ def _losses(run_dir: Path) -> list[float]:
 
 
 def test_fast_dev_run(tmp_path: Path, colour_data: list[str]) -> None:
-    cfg = compose_train(["experiment=none", "debug=fast", *colour_data], output_dir=tmp_path / "run")
+    cfg = compose_train(["debug=fast", *colour_data], output_dir=tmp_path / "run")
     metrics = train(cfg)
     assert "train/loss" in metrics and "val/loss" in metrics
     assert not (tmp_path / "run" / "model").exists()
@@ -26,7 +26,6 @@ def test_saves_checkpoint_metrics_and_model(tmp_path: Path, colour_data: list[st
     run = tmp_path / "run"
     cfg = compose_train(
         [
-            "experiment=none",
             "trainer.max_steps=3",
             "trainer.max_epochs=5",
             "trainer.log_every_n_steps=1",
@@ -49,7 +48,6 @@ def test_overfits_eight_samples(tmp_path: Path, colour_data: list[str]) -> None:
     run = tmp_path / "run"
     cfg = compose_train(
         [
-            "experiment=none",
             "trainer.max_epochs=40",
             "trainer.log_every_n_steps=1",
             "data.batch_size=4",
@@ -71,7 +69,7 @@ def test_overfits_eight_samples(tmp_path: Path, colour_data: list[str]) -> None:
 
 
 def test_cfg_job_prints_3b_config_offline() -> None:
-    out = run_entry("train.py", "experiment=none", "encoder=siglip", "llm=qwen2.5", "--cfg", "job")
+    out = run_entry("train.py", "encoder=siglip", "llm=qwen2.5", "--cfg", "job")
     assert out.returncode == 0, out.stderr
     assert "Qwen/Qwen2.5-3B-Instruct" in out.stdout and "siglip-base-patch16-256" in out.stdout
 
@@ -84,7 +82,7 @@ def test_typo_names_valid_choices() -> None:
 
 def test_ckpt_path_last_resumes_the_run_folder(tmp_path: Path, colour_data: list[str]) -> None:
     run = tmp_path / "run"
-    base = ["experiment=none", "trainer.max_epochs=5", "trainer.log_every_n_steps=1", "save_model=false"]
+    base = ["trainer.max_epochs=5", "trainer.log_every_n_steps=1", "save_model=false"]
     train(compose_train([*base, "trainer.max_steps=2", *colour_data], output_dir=run))
     assert (run / "checkpoints" / "last.ckpt").exists()
     metrics = train(
@@ -94,3 +92,20 @@ def test_ckpt_path_last_resumes_the_run_folder(tmp_path: Path, colour_data: list
     steps = [int(r["step"]) for r in csv.DictReader(open(run / "csv" / "metrics.csv")) if r.get("train/loss")]
     # the resumed run did only the 2 missing optimizer steps and appended them to the first run's rows
     assert len(steps) == 4 and steps[:2] == [0, 1] and steps == sorted(set(steps))
+
+
+def test_no_data_names_what_is_missing_and_the_ways_on(tmp_path: Path) -> None:
+    out = run_entry("train.py", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "data.annotations: give data.annotations=<train.json>" in out.stderr
+    assert "make train (python train.py experiment=demo)" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "checkpoints").exists()
+
+
+def test_recipe_without_its_start_model_stops_before_building(tmp_path: Path) -> None:
+    out = run_entry(
+        "train.py", "experiment=medm_vl/2d_3b_lora", "data.annotations=x.json", f"hydra.run.dir={tmp_path}"
+    )
+    assert out.returncode == 2 and "init_from: give init_from=<model folder>" in out.stderr, out.stderr[
+        -2000:
+    ]

@@ -174,7 +174,6 @@ def test_cli_builds_and_prints_counts(small: Path, capsys: pytest.CaptureFixture
 def test_datamodule_serves_image3d_batches(small: Path, tmp_path: Path) -> None:
     cfg = compose_train(
         [
-            "experiment=none",
             "data=demo_3d",
             f"data.root={small}",
             "data.n_train=36",

@@ -6,19 +6,22 @@ import json
 
 from hydra.utils import instantiate
 
-from tests.conftest import compose_train
+from tests.conftest import ROOT, compose_train
 
 
-def test_demo_is_the_default_experiment(tmp_path) -> None:
-    cfg = compose_train([], output_dir=tmp_path)
+def test_demo_is_what_make_train_runs_and_not_the_default(tmp_path) -> None:
+    cfg = compose_train(["experiment=demo"], output_dir=tmp_path)
     assert cfg.data._target_.endswith("DemoDataModule") and cfg.llm.gguf_file.endswith(".gguf")
     assert cfg.post_train._target_.endswith("demo_report") and cfg.stage.llm.mode == "lora"
+    plain = compose_train([], output_dir=tmp_path)
+    assert plain.data._target_.endswith(".MedVLDataModule") and plain.post_train is None
+    makefile = (ROOT / "Makefile").read_text()
+    assert "$(BIN)/python train.py experiment=demo $(ARGS)" in makefile
 
 
 def test_prepare_data_builds_and_batches(tmp_path) -> None:
     cfg = compose_train(
         [
-            "experiment=none",
             "data=demo_2d",
             f"data.root={tmp_path / 'demo'}",
             "data.n_train=24",

@@ -19,7 +19,7 @@ PAD = 0
 @pytest.fixture(scope="module")
 def model() -> MedVLM:
     L.seed_everything(0)
-    return build_model(compose_train(["experiment=none"])).eval()
+    return build_model(compose_train([])).eval()
 
 
 def _item(model: MedVLM, sid: str, prompt: int, answer: int, images: int, seed: int) -> dict:
@@ -137,7 +137,6 @@ def test_data_packing_switch_trains(tmp_path) -> None:
 
     ann = write_colour_set(tmp_path / "data")
     overrides = [
-        "experiment=none",
         "debug=fast",
         "data.packing=true",
         "data.pack_length=512",
@@ -165,7 +164,7 @@ def test_frozen_encoder_has_no_graph_and_head_sees_only_supervised_positions(ite
 
     from medmvl.training.stages import apply_stage
 
-    cfg = compose_train(["experiment=none", "stage=finetune"])  # encoder frozen, connector + LLM trained
+    cfg = compose_train(["stage=finetune"])  # encoder frozen, connector + LLM trained
     model = build_model(cfg)
     apply_stage(model, OmegaConf.to_container(cfg.stage, resolve=True))
     seen: dict[str, torch.Tensor] = {}

@@ -15,7 +15,6 @@ def test_post_train_hook_writes_demo_results(tmp_path: Path) -> None:
     hook = "{_target_:medmvl.demo.report.demo_report,_partial_:true,batch_size:4,max_new_tokens:3}"
     cfg = compose_train(
         [
-            "experiment=none",
             "trainer.max_steps=1",
             f"data.annotations={ann}",
             f"data.val_annotations={ann}",

@@ -30,7 +30,7 @@ from tests.conftest import compose_train, scratch
 def talkative_model() -> MedVLM:
     """The tiny stack (tiny2d + mlp + tiny Qwen2 with the real tokenizer) with an untied random LM head."""
     L.seed_everything(0)
-    return _untie_head(build_model(compose_train(["experiment=none"])).eval())
+    return _untie_head(build_model(compose_train([])).eval())
 
 
 def _untie_head(model: MedVLM) -> MedVLM:
@@ -46,7 +46,7 @@ def _untie_head(model: MedVLM) -> MedVLM:
 def talkative_model_3d() -> MedVLM:
     """tiny2d + a tiny3d tower (``encoder3d``, 16x32x32 volumes, 64 tokens) + tiny LLM, untied head."""
     L.seed_everything(0)
-    cfg = compose_train(["experiment=none", "encoder3d=tiny3d", "connector3d=mlp"])
+    cfg = compose_train(["encoder3d=tiny3d", "connector3d=mlp"])
     return _untie_head(build_model(cfg).eval())
 
 

@@ -10,8 +10,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from medmvl.cli.infer import infer, resolve_model_dir
+from medmvl.cli.infer import infer
 from medmvl.inference import Generator
+from medmvl.inference.loading import resolve_model_path
 from medmvl.models.vlm import MedVLM
 from tests.conftest import CONF_DIR, run_entry
 from tests.inference.conftest import record, write_records
@@ -87,10 +88,10 @@ def test_file_inference_appends_answers_and_resumes(
 
 def test_not_a_model_folder_is_a_clear_error(tmp_path: Path, saved_model: Path) -> None:
     with pytest.raises(FileNotFoundError, match="is not a saved medmvl model.*medmvl_config.json"):
-        resolve_model_dir(tmp_path)
+        resolve_model_path(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         infer(compose_infer([f"model={tmp_path / 'nope'}", "question=hi"]))
-    assert resolve_model_dir(saved_model.parent) == saved_model  # a run folder holding model/
+    assert resolve_model_path(saved_model.parent) == ("medmvl", saved_model)  # a run folder holding model/
 
 
 def test_question_or_file_not_both(saved_model: Path, tmp_path: Path) -> None:

@@ -13,5 +13,5 @@ from tests.conftest import compose_train
 @pytest.fixture(scope="session")
 def tiny_model() -> MedVLM:
     L.seed_everything(0)
-    cfg = compose_train(["experiment=none"])
+    cfg = compose_train([])
     return build_model(cfg).eval()

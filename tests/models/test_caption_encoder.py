@@ -35,7 +35,7 @@ BACKBONE = {
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return instantiate(compose_train(["experiment=none"]).llm.tokenizer)
+    return instantiate(compose_train([]).llm.tokenizer)
 
 
 @pytest.mark.parametrize("stem,layers", [("linear", 0), ("conv", 1)])
@@ -128,7 +128,6 @@ def test_caption_slot_model_builds_from_config_caches_and_reloads(
 ) -> None:
     monkeypatch.setenv("MEDMVL_CACHE", str(tmp_path / "cache"))
     overrides = [
-        "experiment=none",
         "encoder=caption_slots",
         f"encoder.annotations={_captions_file(tmp_path)}",
         "encoder.backbone.image_size=16",

@@ -43,7 +43,6 @@ def _volume_captions(folder: Path) -> Path:
 
 def _overrides(captions: Path) -> list[str]:
     return [
-        "experiment=none",
         "data=demo_3d",  # data.volume: uint8 .npy files read as they are (what the encoder's volume reads)
         "encoder=caption_slots_3d",
         f"encoder.annotations={captions}",

@@ -29,10 +29,7 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def encoders() -> dict:
     torch.manual_seed(0)
-    return {
-        name: instantiate(compose_train(["experiment=none", *ov]).encoder).eval()
-        for name, ov in ENCODERS.items()
-    }
+    return {name: instantiate(compose_train([*ov]).encoder).eval() for name, ov in ENCODERS.items()}
 
 
 @pytest.mark.parametrize("connector", CONNECTORS)
@@ -40,9 +37,7 @@ def encoders() -> dict:
 def test_token_counts_for_every_pair(encoders, encoder, connector, tmp_path) -> None:
     enc = encoders[encoder]
     grid, counts = EXPECTED[encoder]
-    cfg = compose_train(
-        ["experiment=none", *ENCODERS[encoder], f"connector={connector}"], output_dir=tmp_path
-    )
+    cfg = compose_train([*ENCODERS[encoder], f"connector={connector}"], output_dir=tmp_path)
     conn = instantiate(cfg.connector)(in_dim=enc.out_dim, out_dim=24, grid=enc.grid)
     prep = enc.preprocess
     size = prep["volume_size"] if enc.spatial_dims == 3 else prep["image_size"]
@@ -139,6 +134,6 @@ def test_attn_pool_query_and_attention_survive_save_and_load(tmp_path) -> None:
     ],
 )
 def test_3d_options_compose(overrides, tmp_path) -> None:
-    cfg = compose_train(["experiment=none", *overrides], output_dir=tmp_path)
+    cfg = compose_train([*overrides], output_dir=tmp_path)
     assert cfg.encoder._target_.startswith("medmvl.models.encoders.")
     assert cfg.connector._partial_ is True

@@ -87,7 +87,7 @@ def _write_m3d_folder(folder, ref: ViT, layout: str) -> None:
 
 
 def test_tiny3d_contract(tmp_path) -> None:
-    enc = instantiate(compose_train(["experiment=none", "encoder=tiny3d"], output_dir=tmp_path).encoder)
+    enc = instantiate(compose_train(["encoder=tiny3d"], output_dir=tmp_path).encoder)
     out = enc(torch.rand(2, 1, 16, 32, 32))
     assert out.shape == (2, 64, 64)
     assert (enc.out_dim, enc.spatial_dims, enc.grid, enc.num_tokens) == (64, 3, (4, 4, 4), 64)
@@ -190,9 +190,7 @@ def test_hub_id_failure_says_how_to_fix(monkeypatch) -> None:
 
 @pytest.mark.parametrize(("option", "params"), [("m3d_clip", 87_387_648), ("medm_clip", 87_419_648)])
 def test_real_configs_build_on_meta(tmp_path, option, params) -> None:
-    cfg = compose_train(
-        ["experiment=none", f"encoder={option}", "encoder.name_or_path=null"], output_dir=tmp_path
-    )
+    cfg = compose_train([f"encoder={option}", "encoder.name_or_path=null"], output_dir=tmp_path)
     with torch.device("meta"):
         enc = instantiate(cfg.encoder)
     assert sum(p.numel() for p in enc.parameters()) == params  # ViT-B minus the unused final norm / head
@@ -330,11 +328,10 @@ def test_slice_encoder_refusals() -> None:
 
 
 def test_siglip_slices_config_nests_the_2d_encoder(tmp_path) -> None:
-    cfg = compose_train(["experiment=none", "encoder=siglip_slices"], output_dir=tmp_path)
+    cfg = compose_train(["encoder=siglip_slices"], output_dir=tmp_path)
     assert cfg.encoder.slice_encoder.name_or_path == "google/siglip-base-patch16-256-multilingual"
     assert (cfg.encoder.slice_encoder.select_layer, cfg.encoder.num_slices) == (-1, 32)
     over = [
-        "experiment=none",
         "encoder=siglip_slices",
         "encoder@encoder.slice_encoder=tiny2d",
         "encoder.num_slices=4",

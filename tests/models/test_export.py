@@ -32,7 +32,6 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def _lora_run(root: Path) -> Path:
     ann = write_colour_set(root / "data")
     overrides = [
-        "experiment=none",
         "stage=lora",
         "stage.llm.lora.r=4",
         "stage.llm.lora.alpha=8",
@@ -103,7 +102,9 @@ def test_export_refuses_bad_requests(lora_run: Path, tmp_path: Path) -> None:
     (tmp_path / "full" / "f").write_text("x")
     with pytest.raises(FileExistsError, match="not empty"):
         export(_cfg(ckpt=str(lora_run), out=str(tmp_path / "full")))
-    with pytest.raises(FileNotFoundError, match="not a checkpoint file"):
+    with pytest.raises(
+        FileNotFoundError, match="not a saved medmvl model, a checkpoint file or a run folder"
+    ):
         export(_cfg(ckpt=str(tmp_path), out=str(tmp_path / "y")))
 
 

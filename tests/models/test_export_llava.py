@@ -41,7 +41,7 @@ QUESTION = "What colour is this?"
 @functools.cache
 def _built(variant: str) -> MedVLM:
     L.seed_everything(0)
-    model = build_model(compose_train(["experiment=none", *VARIANTS[variant]])).eval()
+    model = build_model(compose_train([*VARIANTS[variant]])).eval()
     with torch.no_grad():  # a trained-looking connector: random image tokens at text-embedding scale
         for p in model.connector.parameters():
             p.normal_(0, 0.5)

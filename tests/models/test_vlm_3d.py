@@ -23,13 +23,13 @@ from medmvl.training.stages import apply_stage, stage_modes
 from tests.conftest import compose_train, run_entry
 from tests.data.ct import small_ct, write_nifti
 
-MIXED = ["experiment=none", "encoder3d=tiny3d", "connector3d=spatial_pool"]
+MIXED = ["encoder3d=tiny3d", "connector3d=spatial_pool"]
 
 
 @pytest.fixture(scope="module")
 def model3d() -> MedVLM:
     L.seed_everything(0)
-    return build_model(compose_train(["experiment=none", "encoder=tiny3d", "connector=spatial_pool"])).eval()
+    return build_model(compose_train(["encoder=tiny3d", "connector=spatial_pool"])).eval()
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +103,13 @@ def test_3d_stacks_compose_offline():
     """The issue's commands: M3D-CLIP + spatial pooling, and MedM-VL-CT-Chest's slice-wise SigLIP + attention
     pooling, with Qwen2.5 and data=llava_3d; and a mixed 2D + 3D stack."""
     out = run_entry(
-        "train.py", "experiment=none", "encoder=m3d_clip", "connector=spatial_pool", "llm=qwen2.5", "data=llava_3d",
+        "train.py", "encoder=m3d_clip", "connector=spatial_pool", "llm=qwen2.5", "data=llava_3d",
         "--cfg", "job",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "GoodBaiBai88/M3D-CLIP" in out.stdout and "SpatialPoolConnector" in out.stdout
     assert "image3d_dir:" in out.stdout and "axcodes: SPL" in out.stdout
-    base = ["experiment=none", "llm=qwen2.5", "data=llava_3d"]
+    base = ["llm=qwen2.5", "data=llava_3d"]
     slices = compose_train([*base, "encoder=siglip_slices", "connector=attn_pool"])
     assert slices.encoder._target_.endswith("SliceEncoder") and slices.encoder.num_slices == 32
     assert slices.encoder.slice_encoder.name_or_path.startswith("google/siglip")
@@ -129,7 +129,7 @@ def test_tower_pairs_are_checked(mixed):
     with pytest.raises(ValueError, match=r"encoder spatial_dims=2 and encoder3d spatial_dims=2"):
         MedVLM(**parts, encoder3d=mixed.encoder, connector3d=instantiate(cfg.connector3d))
     with pytest.raises(ValueError, match="come together"):
-        build_model(compose_train(["experiment=none", "encoder3d=tiny3d"]))
+        build_model(compose_train(["encoder3d=tiny3d"]))
 
 
 def _llm(model: MedVLM) -> LanguageModel:
@@ -201,7 +201,6 @@ def test_tiny_3d_model_overfits_four_ct_blocks(tmp_path):
     ann = _ct_blocks(tmp_path / "data")
     run = tmp_path / "run"
     overrides = [
-        "experiment=none",
         "encoder=tiny3d",
         "connector=mlp",
         "data=llava_3d",

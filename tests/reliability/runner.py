@@ -20,7 +20,6 @@ import lightning as L
 import torch
 
 TINY = [
-    "experiment=none",
     "stage=pretrain",
     "stage.encoder.mode=full",
     "+stage.encoder.lr=1e-3",

@@ -147,7 +147,7 @@ def test_encoder_folder_with_only_pickle_weights_is_refused(tmp_path: Path) -> N
 
 def test_every_trainer_uses_the_atomic_weights_only_checkpoint_io() -> None:
     for option in sorted(p.stem for p in (CONF_DIR / "trainer").glob("*.yaml")):
-        cfg = compose_train(["experiment=none", f"trainer={option}"])
+        cfg = compose_train([f"trainer={option}"])
         targets = [p["_target_"] for p in cfg.trainer.get("plugins") or []]
         assert targets == ["medmvl.training.checkpoint_io.AtomicCheckpointIO"], option
 
@@ -176,7 +176,7 @@ def test_resuming_from_a_malicious_checkpoint_is_refused(tmp_path: Path, colour_
     marker = tmp_path / "pwned"
     path = _evil_pickle(tmp_path / "evil.ckpt", marker)
     cfg = compose_train(
-        ["experiment=none", f"ckpt_path={path}", "save_model=false", "trainer.max_steps=1", *colour_data],
+        [f"ckpt_path={path}", "save_model=false", "trainer.max_steps=1", *colour_data],
         output_dir=tmp_path / "run",
     )
     with pytest.raises(UnsafeCheckpointError, match="refusing checkpoint"):

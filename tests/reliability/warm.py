@@ -25,4 +25,4 @@ def _cached_load(*args: Any, **kwargs: Any) -> Any:
 
 
 tokenizer.load_tokenizer = _cached_load
-instantiate(compose_train(["experiment=none"]).llm.tokenizer)
+instantiate(compose_train([]).llm.tokenizer)

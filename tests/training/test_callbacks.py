@@ -26,7 +26,6 @@ from tests.conftest import compose_train
 from tests.training.wandb_offline import run_contents
 
 RUN = [
-    "experiment=none",
     "trainer.max_steps=4",
     "trainer.max_epochs=2",  # 8 samples, batch 4: validation after steps 2 and 4
     "trainer.log_every_n_steps=1",
@@ -67,7 +66,7 @@ def test_split_answer_cuts_before_the_last_answer() -> None:
 
 
 def test_prediction_prompt_is_the_generation_prompt(tmp_path: Path, colour: list[str]) -> None:
-    cfg = compose_train(["experiment=none", *colour], output_dir=tmp_path / "run")
+    cfg = compose_train([*colour], output_dir=tmp_path / "run")
     model = build_model(cfg)
     dm = instantiate(cfg.data)(
         tokenizer=model.tokenizer,
@@ -104,7 +103,7 @@ def test_ct_predictions_show_the_middle_slice(tmp_path: Path, monkeypatch: pytes
         )
     ann = tmp_path / "ct.json"
     ann.write_text(json.dumps(records))
-    overrides = ["experiment=none", "encoder=tiny3d", "data=llava_3d", f"data.annotations={ann}"]
+    overrides = ["encoder=tiny3d", "data=llava_3d", f"data.annotations={ann}"]
     cfg = compose_train([*overrides, f"data.val_annotations={ann}", f"data.image3d_dir={vols}"], tmp_path)
     model = build_model(cfg)
     dm = instantiate(cfg.data, _convert_="all")(

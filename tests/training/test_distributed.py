@@ -28,7 +28,6 @@ from tests.conftest import compose_train, run_entry, scratch
 
 STEPS = 4
 COMMON = [
-    "experiment=none",
     "trainer.max_epochs=100",
     "trainer.log_every_n_steps=1",
     "stage.llm.lr=1e-3",
@@ -133,7 +132,7 @@ def one_rank(tmp_path: Path) -> Iterator[Any]:
 
 
 def _tiny(stage: str) -> tuple[Any, Any]:
-    cfg = compose_train(["experiment=none", f"stage={stage}"])
+    cfg = compose_train([f"stage={stage}"])
     torch.manual_seed(0)
     model = build_model(cfg)
     apply_stage(model, OmegaConf.to_container(cfg.stage, resolve=True))

@@ -44,7 +44,6 @@ def _rows(run: Path) -> list[tuple[int, float]]:
 def test_interrupted_twice_resumed_run_matches_uninterrupted(tmp_path: Path) -> None:
     ann = write_colour_set(tmp_path / "data")  # 8 samples, batch 2: 4 batches per epoch
     base = [
-        "experiment=none",
         "stage=lora",
         "stage.llm.lora.r=8",
         "stage.llm.lora.alpha=16",

@@ -24,7 +24,7 @@ from tests.conftest import compose_train
 
 def test_lora_stage_trains_adapters_and_connector_only(tmp_path: Path) -> None:
     """The composed ``stage=lora`` (+ optional encoder LoRA): which parameters train, at which rate."""
-    cfg = compose_train(["experiment=none", "stage=lora", "stage.encoder.mode=lora", "stage.encoder.lr=1e-5"])
+    cfg = compose_train(["stage=lora", "stage.encoder.mode=lora", "stage.encoder.lr=1e-5"])
     stage = OmegaConf.to_container(cfg.stage, resolve=True)
     assert stage["llm"]["lora"] == {
         "r": 128,
@@ -62,7 +62,6 @@ def test_specialise_a_saved_model_with_lora(tmp_path: Path) -> None:
     ann = write_colour_set(tmp_path / "data")
     data = [f"data.annotations={ann}", f"data.image_dir={tmp_path / 'data' / 'imgs'}"]
     common = [
-        "experiment=none",
         "trainer.max_steps=2",
         "trainer.log_every_n_steps=1",
         "callbacks.val_predictions=null",

@@ -98,7 +98,7 @@ def test_lora_first_layer_adapts_upper_layers_and_backward_stops_there() -> None
     from medmvl.models.build import build_model
     from tests.conftest import compose_train
 
-    cfg = compose_train(["experiment=none", "stage=lora", "stage.llm.lora.first_layer=1"])
+    cfg = compose_train(["stage=lora", "stage.llm.lora.first_layer=1"])
     model = build_model(cfg)
     apply_stage(model, OmegaConf.to_container(cfg.stage))
     adapted = {
@@ -116,6 +116,6 @@ def test_lora_first_layer_adapts_upper_layers_and_backward_stops_there() -> None
     assert all(p.grad is not None for p in model.llm.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="first_layer must be in"):
         apply_stage(
-            build_model(compose_train(["experiment=none"])),
+            build_model(compose_train([])),
             {"llm": {"mode": "lora", "lora": {"first_layer": 2}}},
         )

@@ -1,8 +1,8 @@
 """``python export.py ckpt=... out=...`` / ``medmvl-export``: a model folder from any checkpoint.
 
-Sources (``ckpt=``): a Lightning ``.ckpt`` written by ``train.py`` (it carries its architecture and
-tokenizer, see :mod:`medmvl.training.checkpoint`), a training run folder (its ``checkpoints/last.ckpt``,
-else its saved ``model/``), a saved medmvl model folder, or a MedM-VL checkpoint folder. Targets
+Sources (``ckpt=``): whatever :mod:`medmvl.inference.loading` reads -- a Lightning ``.ckpt`` written by
+``train.py``, a training run folder (here its ``checkpoints/last.ckpt`` first, else its saved ``model/``), a
+saved medmvl model folder, or a MedM-VL checkpoint folder. Targets
 (``format=``): a medmvl folder (``medmvl.interop.serialization``) with LoRA merged or kept as PEFT adapters
 (``lora=``), or a transformers Llava folder (:mod:`medmvl.interop.llava`).
 """
@@ -12,39 +12,17 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from medmvl.interop.serialization import CONFIG_NAME, from_pretrained, load_prompt_settings, save_pretrained
-from medmvl.models.vlm import MedVLM
+from medmvl.inference.loading import load_model
+from medmvl.interop.serialization import save_pretrained
 
 log = logging.getLogger("medmvl.export")
 
 FORMATS = ("medmvl", "llava")
 LORA_MODES = ("merge", "adapter")
-
-
-def load_source(
-    path: str | os.PathLike, *, dtype: str = "float32", medmvl_sources: dict[str, str] | None = None
-) -> tuple[MedVLM, dict[str, Any]]:
-    """The model at ``path`` (LoRA adapters kept when it has them) and its prompt settings."""
-    from medmvl.interop.medm_vl import is_medmvl_checkpoint, load_medmvl, medmvl_prompt_settings
-    from medmvl.training.checkpoint import load_checkpoint
-
-    folder = Path(path).expanduser()
-    if folder.is_file() or (folder / "checkpoints" / "last.ckpt").is_file():
-        return load_checkpoint(folder, dtype=dtype)
-    for candidate in (folder, folder / "model"):
-        if (candidate / CONFIG_NAME).is_file():
-            return from_pretrained(candidate, dtype=dtype), load_prompt_settings(candidate)
-    if is_medmvl_checkpoint(folder):
-        return load_medmvl(folder, dtype=dtype, sources=medmvl_sources), medmvl_prompt_settings(folder)
-    raise FileNotFoundError(
-        f"ckpt={str(path)!r}: not a checkpoint file, a run folder (checkpoints/last.ckpt or model/), a saved "
-        f"medmvl model ({CONFIG_NAME}) or a MedM-VL checkpoint (config.json + safetensors)"
-    )
 
 
 def export(cfg: DictConfig) -> Path:
@@ -63,7 +41,9 @@ def export(cfg: DictConfig) -> Path:
         raise FileExistsError(f"out={str(out)!r} exists and is not empty; choose a new folder")
     raw = cfg.get("medmvl_sources")
     sources = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else dict(raw or {})
-    model, prompt = load_source(cfg.ckpt, dtype=cfg.dtype, medmvl_sources=sources)
+    # a run folder: its last.ckpt first, so lora=adapter keeps the adapters the saved model/ has merged
+    loaded = load_model(cfg.ckpt, dtype=cfg.dtype, prefer="checkpoint", medmvl_sources=sources)
+    model, prompt = loaded.model, loaded.prompt
     if cfg.lora == "merge":
         merge_lora(model)
     if cfg.format == "llava":

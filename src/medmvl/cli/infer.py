@@ -21,35 +21,22 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from medmvl.inference import loading
 from medmvl.inference.batch import answer_file
 from medmvl.inference.generator import Generator, as_sample
-from medmvl.interop.serialization import CONFIG_NAME, from_pretrained, load_prompt_settings
-from medmvl.models.vlm import MedVLM
+from medmvl.inference.loading import LoadedModel
 
 log = logging.getLogger("medmvl.infer")
 
 
-def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """The saved model folder: ``path`` itself, or ``path/model`` for a training run folder."""
-    folder = Path(path).expanduser()
-    for candidate in (folder, folder / "model"):
-        if (candidate / CONFIG_NAME).is_file():
-            return candidate
-    what = "does not exist" if not folder.exists() else f"has no {CONFIG_NAME} (nor model/{CONFIG_NAME})"
-    raise FileNotFoundError(
-        f"model={str(path)!r} is not a saved medmvl model: the folder {what}. Expected a folder written by "
-        "medmvl.interop.serialization.save_pretrained (medmvl_config.json, model.safetensors, tokenizer/), e.g. "
-        "outputs/train/runs/<run>/model"
-    )
-
-
-def load_model(cfg: DictConfig) -> MedVLM:
-    """Load ``cfg.model`` with ``cfg.dtype`` onto ``cfg.device`` (``auto`` picks CUDA when available)."""
+def load_model(cfg: DictConfig) -> LoadedModel:
+    """Load ``cfg.model`` (any form :mod:`medmvl.inference.loading` reads) with ``cfg.dtype`` onto
+    ``cfg.device`` (``auto`` picks CUDA when available, and bfloat16 on a GPU that supports it)."""
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = cfg.dtype
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
-    return from_pretrained(resolve_model_dir(cfg.model), dtype=dtype).to(device)
+    return loading.load_model(cfg.model, dtype=dtype, device=device)
 
 
 def generation_kwargs(cfg: DictConfig) -> dict[str, Any]:
@@ -60,10 +47,10 @@ def generation_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
 def build_generator(cfg: DictConfig) -> Generator:
     """Load ``cfg.model`` and build prompts the way it was trained (overridable in the config)."""
-    model = load_model(cfg)
-    trained = load_prompt_settings(resolve_model_dir(cfg.model))
+    loaded = load_model(cfg)
+    trained = loaded.prompt
     return Generator(
-        model,
+        loaded.model,
         max_length=cfg.max_length or trained.get("max_length") or 8192,
         format=cfg.format or trained.get("format") or "chat",
         system_prompt=cfg.system_prompt if cfg.system_prompt is not None else trained.get("system_prompt"),

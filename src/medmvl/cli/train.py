@@ -121,9 +121,18 @@ HINTS = {
 }
 
 
+def _required_keys(node: Any, path: str = "") -> list[str]:
+    """Keys still ``???`` or ``${medmvl.required:...}`` (an experiment's required command-line value)."""
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in _required_keys(value, f"{path}{key}.")]
+    unset = isinstance(node, str) and (node == "???" or node.startswith("${medmvl.required:"))
+    return [path[:-1]] if unset else []
+
+
 def missing_settings(cfg: DictConfig) -> str | None:
     """A message naming every required value ``cfg`` leaves unset (``???``), and how to go on; else None."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    unresolved = OmegaConf.to_container(cfg, resolve=False)
+    missing = sorted(_required_keys(unresolved))
     if not missing:
         return None
     lines = [f"  {key}: give {HINTS.get(key, key + '=<value>')}" for key in missing]

@@ -124,13 +124,8 @@ class MedVLDataModule(L.LightningDataModule):
         cfg = self.hparams.image_config
         if cfg is None:
             return None
-        return ImageTransform(
-            cfg["image_size"],
-            cfg["image_mean"],
-            cfg["image_std"],
-            channels=cfg["channels"],
-            train=train,
-            augment=self.hparams.augment if train else None,
+        return ImageTransform.from_preprocess(
+            cfg, train=train, augment=self.hparams.augment if train else None
         )
 
     def volume_transform(self, train: bool) -> VolumeTransform | None:

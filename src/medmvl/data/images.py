@@ -216,6 +216,21 @@ class ImageTransform:
         steps.append(v2.Normalize(list(mean), list(std)))
         self.transform = v2.Compose(steps)
 
+    @classmethod
+    def from_preprocess(cls, preprocess: Mapping[str, Any], **kwargs: Any) -> ImageTransform:
+        """Build from a 2D encoder's ``preprocess`` (``image_size``, ``image_mean``/``std``, ``channels``).
+
+        The one place a 2D encoder's preprocessing becomes a transform: training, inference and the demo's
+        caption pre-training all build theirs here. ``kwargs``: ``train`` and ``augment``.
+        """
+        return cls(
+            preprocess["image_size"],
+            preprocess["image_mean"],
+            preprocess["image_std"],
+            channels=preprocess["channels"],
+            **kwargs,
+        )
+
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         """Map an [h, w, c] float array in [0, 1] to a normalised FloatTensor [channels, *image_size]."""
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)  # [c, h, w]

@@ -132,12 +132,7 @@ def load_captioned_images(
         kind, transform = "image3d", VolumeTransform.from_preprocess(preprocess, options=volume)
     else:
         kind = "image"
-        image_transform = ImageTransform(
-            preprocess["image_size"],
-            preprocess["image_mean"],
-            preprocess["image_std"],
-            preprocess["channels"],
-        )
+        image_transform = ImageTransform.from_preprocess(preprocess)
         transform = lambda path: image_transform(load_image(path))  # noqa: E731
     pixels, captions = [], []
     for s in samples:

@@ -111,13 +111,7 @@ class Generator:
         image_cfg, volume_cfg = model.image_config, model.volume_config  # None: no such tower
         self.transform: Callable[[Any], torch.Tensor] | None = None
         if image_cfg is not None:
-            self.transform = ImageTransform(
-                image_cfg["image_size"],
-                image_cfg["image_mean"],
-                image_cfg["image_std"],
-                channels=image_cfg["channels"],
-                train=False,
-            )
+            self.transform = ImageTransform.from_preprocess(image_cfg, train=False)
         self.volume_transform: Callable[[Path], torch.Tensor] | None = None
         if volume_cfg is not None:
             self.volume_transform = VolumeTransform.from_preprocess(volume_cfg, options=volume_options)

@@ -18,13 +18,16 @@ def build_model(cfg: DictConfig) -> MedVLM:
     """Instantiate the parts and let MedVLM size the connectors from the built encoders and LLM.
 
     ``cfg.encoder3d`` / ``cfg.connector3d`` (optional, together) add a 3D tower next to a 2D ``encoder``.
-    ``cfg.init_from`` (optional) names a saved medmvl folder to start from instead.
+    ``cfg.init_from`` (optional) names a trained model to start from instead: a saved model folder, a
+    Lightning checkpoint, a run folder or a MedM-VL folder (:mod:`medmvl.inference.loading`); LoRA
+    adapters it holds are merged, so the new stage starts from plain weights.
     """
     if cfg.get("init_from"):
-        from medmvl.interop.serialization import from_pretrained
+        from medmvl.inference.loading import load_model
 
-        log.info("initialising from %s", cfg.init_from)
-        return from_pretrained(cfg.init_from)
+        loaded = load_model(cfg.init_from, merge_lora=True)
+        log.info("initialising from %s (%s)", loaded.source, loaded.kind)
+        return loaded.model.train()
     encoder = instantiate(cfg.encoder)
     llm = instantiate(cfg.llm)
     connector = instantiate(cfg.connector)

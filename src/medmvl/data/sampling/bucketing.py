@@ -4,7 +4,7 @@ Why: a right-padded batch is as wide as its longest sample, so random batches of
 and answer lengths are a quarter padding or more. Packing (``medmvl.data.packing``) removes padding too,
 but on CPU / SDPA a packed row pays dense attention over its whole width; bucketing keeps one sample per
 row and makes the rows nearly equal instead. Measured on this project's 2-core CPU
-(``experiments/bench``): bucketed batches were the fastest layout (README "Efficiency switches").
+(``experiments/bench``): bucketed batches were the fastest layout (docs/efficiency.md).
 
 The order stays a pure function of ``(seed, epoch)``: each window of ``window * batch_size`` consecutive
 indices of the (already shuffled, per-rank) epoch order is sorted by length and cut into batches, and
