@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test lint train clean chromium bench docs
+.PHONY: install test test-fast lint train clean chromium bench docs
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,10 +17,15 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# everything (CI): tests/unit, tests/integration (subprocess runs, training, distributed, browser), tests/demo
 test: install chromium
 	$(BIN)/python -m pytest -q
 
-# Debian chromium for the demo page's headless screenshot test (tests/inference/test_demo.py); as root
+# the development loop: unit tests without the multi-second ones (marked slow; make test runs them)
+test-fast: install
+	$(BIN)/python -m pytest -q tests/unit -m "not slow"
+
+# Debian chromium for the demo page's headless screenshot test (tests/integration/test_gradio_app.py); as root
 # only: without it that one test is skipped and says so
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \

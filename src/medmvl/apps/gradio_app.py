@@ -14,29 +14,23 @@ in one temporary folder (``GRADIO_TEMP_DIR``) that ``python demo.py`` removes on
 
 API (``gradio_client``): ``/upload(file)``, ``/ask(question, temperature, max_new_tokens)`` and
 ``/clear()``; the scan and the conversation are session state, so one ``Client`` is one conversation.
+
+This module holds the session, the prompts, the event handlers (:class:`DemoHandlers`) and the page;
+the scan column (file box, status, views) is laid out by :mod:`medmvl.apps.viewer`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medmvl.apps.scans import (
-    ACCEPTED,
-    PLANES,
-    SUFFIXES_2D,
-    SUFFIXES_3D,
-    Scan,
-    UploadError,
-    open_scan,
-    render_slice,
-)
+from medmvl.apps.scans import ACCEPTED, PLANES, SUFFIXES_2D, SUFFIXES_3D, Scan, UploadError, open_scan
+from medmvl.apps.viewer import ScanViewer, build_viewer, scan_views, slice_update, viewer_updates
 from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN, Sample, Turn
 from medmvl.inference.generator import Generator
-
-VIEW_BUTTONS = ["download", "fullscreen"]  # no "share": it posts to Hugging Face
 
 
 def disable_telemetry() -> None:
@@ -104,6 +98,97 @@ def chat_messages(session: Session) -> list[dict[str, str]]:
     return out
 
 
+class DemoHandlers:
+    """The page's event handlers, answering with one generator under one set of limits.
+
+    Each handler takes the browser session's :class:`Session` last and returns a new one (never changes
+    it in place), so sessions stay independent.
+    """
+
+    def __init__(self, generator: Generator, settings: DemoSettings) -> None:
+        self.generator = generator
+        self.settings = settings
+        self.kinds = {"2d": generator.transform is not None, "3d": generator.volume_transform is not None}
+        served = [name for name, kind in (("2D images", "2d"), ("3D volumes", "3d")) if self.kinds[kind]]
+        self.towers = " and ".join(served) or "text only"  # what the model answers about, in words
+        self.file_types = [
+            *(SUFFIXES_2D if self.kinds["2d"] else ()),
+            *(SUFFIXES_3D if self.kinds["3d"] else ()),
+        ]
+
+    def open_upload(self, path: str) -> Scan:
+        """Check and open an uploaded file.
+
+        Raises:
+            UploadError: the file is refused (type, size, contents) or the model has no tower for its kind.
+        """
+        settings = self.settings
+        scan = open_scan(
+            path,
+            work_dir=settings.upload_dir,
+            max_bytes=int(settings.max_upload_mb * 2**20),
+            max_unzipped_bytes=int(settings.max_unzipped_mb * 2**20),
+        )
+        if not self.kinds[scan.kind]:
+            raise UploadError(
+                f"{scan.name}: this model answers about {self.towers}, not {scan.kind.upper()} scans."
+            )
+        return scan
+
+    def upload(self, path: str | None, session: Session | None) -> tuple[Any, ...]:
+        """A new upload (or a cleared file box): a new conversation about it and its views."""
+        import gradio as gr
+
+        try:
+            scan = self.open_upload(path) if path else None
+        except UploadError as err:
+            raise gr.Error(str(err), title="Upload refused") from err
+        return (Session(scan), *viewer_updates(scan), [])
+
+    def slice_handler(self, plane: str) -> Callable[[float, Session | None], Any]:
+        """The handler of ``plane``'s slider: the view at the slider's slice."""
+
+        def handler(index: float, session: Session | None) -> Any:  # gradio names the event after it
+            return slice_update(session.scan if session is not None else None, plane, index)
+
+        return handler
+
+    def ask(
+        self, question: str, temperature: float, max_new_tokens: float, session: Session | None
+    ) -> tuple[Session, list[dict[str, str]], str]:
+        """Answer ``question`` in the conversation; returns the session, the chat and an emptied text box."""
+        import gradio as gr
+
+        session = session or Session()
+        question = (question or "").strip()
+        if not question:
+            raise gr.Error("Type a question first.", title="Empty question")
+        answer = self.generator.generate(
+            [sample_for(session, question)],
+            temperature=float(temperature),
+            top_p=self.settings.top_p,
+            max_new_tokens=int(max_new_tokens),
+        )[0]
+        session = Session(session.scan, [*session.turns, (question, answer)])
+        return session, chat_messages(session), ""
+
+    def clear(self, session: Session | None) -> tuple[Session, list[dict[str, str]]]:
+        """A new conversation about the same scan."""
+        return Session(session.scan if session else None), []
+
+
+@dataclass
+class ChatPanel:
+    """The components of the chat column (gradio components, typed loosely: gradio is imported late)."""
+
+    chatbot: Any
+    question: Any
+    send: Any
+    clear: Any
+    temperature: Any
+    max_tokens: Any
+
+
 def build_app(generator: Generator, settings: DemoSettings) -> Any:
     """The Gradio ``Blocks`` page answering with ``generator`` (not launched).
 
@@ -114,152 +199,77 @@ def build_app(generator: Generator, settings: DemoSettings) -> Any:
     os.environ["GRADIO_TEMP_DIR"] = str(Path(settings.upload_dir).resolve())
     import gradio as gr
 
-    kinds = {"2d": generator.transform is not None, "3d": generator.volume_transform is not None}
-    towers = (
-        " and ".join(n for n, k in (("2D images", "2d"), ("3D volumes", "3d")) if kinds[k]) or "text only"
-    )
-    file_types = [*(SUFFIXES_2D if kinds["2d"] else ()), *(SUFFIXES_3D if kinds["3d"] else ())]
-
-    def open_upload(path: str) -> Scan:
-        scan = open_scan(
-            path,
-            work_dir=settings.upload_dir,
-            max_bytes=int(settings.max_upload_mb * 2**20),
-            max_unzipped_bytes=int(settings.max_unzipped_mb * 2**20),
-        )
-        if not kinds[scan.kind]:
-            raise UploadError(
-                f"{scan.name}: this model answers about {towers}, not {scan.kind.upper()} scans."
-            )
-        return scan
-
-    def upload(path: str | None, session: Session | None):  # noqa: ANN202
-        try:
-            scan = open_upload(path) if path else None
-        except UploadError as err:
-            raise gr.Error(str(err), title="Upload refused") from err
-        view = _views(scan)
-        return (
-            Session(scan),
-            view["status"],
-            gr.update(value=view["image"], visible=view["is2d"]),
-            gr.update(visible=view["is3d"]),
-            *(gr.update(value=v) for v in view["slices"]),
-            *(gr.update(maximum=m, value=v) for m, v in view["sliders"]),
-            [],
-        )
-
-    def show_slice(plane: str):  # noqa: ANN202
-        def handler(index: float, session: Session | None):  # noqa: ANN202
-            if session is None or session.scan is None or session.scan.kind != "3d":
-                return gr.update()
-            return render_slice(session.scan, plane, int(index))
-
-        return handler
-
-    def ask(question: str, temperature: float, max_new_tokens: float, session: Session | None):  # noqa: ANN202
-        session = session or Session()
-        question = (question or "").strip()
-        if not question:
-            raise gr.Error("Type a question first.", title="Empty question")
-        answer = generator.generate(
-            [sample_for(session, question)],
-            temperature=float(temperature),
-            top_p=settings.top_p,
-            max_new_tokens=int(max_new_tokens),
-        )[0]
-        session = Session(session.scan, [*session.turns, (question, answer)])
-        return session, chat_messages(session), ""
-
-    def clear(session: Session | None):  # noqa: ANN202
-        return Session(session.scan if session else None), []
-
-    first = open_upload(settings.scan) if settings.scan else None
-    start = _views(first)
+    handlers = DemoHandlers(generator, settings)
+    first = handlers.open_upload(settings.scan) if settings.scan else None
+    start = scan_views(first)
     with gr.Blocks(title=settings.title, analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as app:
         session = gr.State(Session(first))
-        gr.Markdown(
-            f"# {settings.title}\nUpload a scan, then ask about it. This model answers about {towers}. "
-            f"Accepted: {ACCEPTED}; up to {settings.max_upload_mb:g} MB. Research demo, not for clinical use."
-        )
+        gr.Markdown(_introduction(settings, handlers.towers))
         with gr.Row():
-            with gr.Column(scale=5):
-                upload_box = gr.File(
-                    label="Scan (2D image or 3D volume)", file_types=file_types, type="filepath"
-                )
-                status = gr.Markdown(start["status"], elem_id="scan-status")
-                view2d = gr.Image(
-                    start["image"],
-                    label="Image",
-                    interactive=False,
-                    visible=start["is2d"],
-                    buttons=VIEW_BUTTONS,
-                )
-                with gr.Row(visible=start["is3d"], equal_height=True) as views3d:
-                    images, sliders = [], []
-                    for plane, value, (top, index) in zip(PLANES, start["slices"], start["sliders"]):
-                        name = plane.capitalize()
-                        with gr.Column(min_width=140):
-                            images.append(
-                                gr.Image(
-                                    value,
-                                    label=f"{name} view",
-                                    interactive=False,
-                                    height=220,
-                                    buttons=VIEW_BUTTONS,
-                                )
-                            )
-                            sliders.append(gr.Slider(0, top, value=index, step=1, label=f"{name} slice"))
-            with gr.Column(scale=6):
-                chatbot = gr.Chatbot(
-                    label="Conversation", height=480, feedback_options=None, buttons=["copy"]
-                )
-                question = gr.Textbox(
-                    label="Question", placeholder="e.g. Which organ is shown in this slice?", lines=2
-                )
-                with gr.Row():
-                    send = gr.Button("Ask", variant="primary")
-                    clear_btn = gr.Button("New conversation")
-                with gr.Accordion("Generation settings", open=True):
-                    temperature = gr.Slider(
-                        0.0, 1.5, value=settings.temperature, step=0.05, label="Temperature",
-                        info="0 = greedy (deterministic)",
-                    )  # fmt: skip
-                    max_tokens = gr.Slider(
-                        1, 1024, value=settings.max_new_tokens, step=1, label="Max new tokens"
-                    )
-        outputs = [session, status, view2d, views3d, *images, *sliders, chatbot]
-        upload_box.upload(upload, [upload_box, session], outputs, api_name="upload")
-        upload_box.clear(upload, [upload_box, session], outputs, api_visibility="private")
-        for plane, image, slider in zip(PLANES, images, sliders):
-            slider.input(
-                show_slice(plane),
-                [slider, session],
-                image,
-                api_visibility="private",
-                trigger_mode="always_last",
-                show_progress="hidden",
-            )
-        gr.on(
-            [send.click, question.submit],
-            ask,
-            [question, temperature, max_tokens, session],
-            [session, chatbot, question],
-            api_name="ask",
-        )
-        clear_btn.click(clear, [session], [session, chatbot], api_name="clear")
+            viewer = build_viewer(handlers.file_types, start)
+            chat = _chat_column(settings)
+        _wire_events(handlers, session, viewer, chat)
     return app
 
 
-def _views(scan: Scan | None) -> dict[str, Any]:
-    """What the page shows for ``scan``: status line, 2D image, three middle slices and slider ranges."""
-    is2d, is3d = scan is not None and scan.kind == "2d", scan is not None and scan.kind == "3d"
-    shape = scan.shape if is3d else (2, 2, 2)
-    return {
-        "status": scan.describe() if scan else "No scan: questions are answered from text only.",
-        "is2d": is2d,
-        "is3d": is3d,
-        "image": render_slice(scan, "axial", 0) if is2d else None,
-        "slices": [render_slice(scan, p, n // 2) if is3d else None for p, n in zip(PLANES, shape)],
-        "sliders": [(max(n - 1, 1), n // 2 if is3d else 0) for n in shape],
-    }
+def _introduction(settings: DemoSettings, towers: str) -> str:
+    """The page's heading and what it accepts."""
+    return (
+        f"# {settings.title}\nUpload a scan, then ask about it. This model answers about {towers}. "
+        f"Accepted: {ACCEPTED}; up to {settings.max_upload_mb:g} MB. Research demo, not for clinical use."
+    )
+
+
+def _chat_column(settings: DemoSettings) -> ChatPanel:
+    """Lay out the conversation, the question box, its buttons and the generation settings."""
+    import gradio as gr
+
+    with gr.Column(scale=6):
+        chatbot = gr.Chatbot(label="Conversation", height=480, feedback_options=None, buttons=["copy"])
+        question = gr.Textbox(
+            label="Question", placeholder="e.g. Which organ is shown in this slice?", lines=2
+        )
+        with gr.Row():
+            send = gr.Button("Ask", variant="primary")
+            clear = gr.Button("New conversation")
+        temperature, max_tokens = _generation_settings(settings)
+    return ChatPanel(chatbot, question, send, clear, temperature, max_tokens)
+
+
+def _generation_settings(settings: DemoSettings) -> tuple[Any, Any]:
+    """The temperature and max-new-tokens sliders, opening on the configured defaults."""
+    import gradio as gr
+
+    with gr.Accordion("Generation settings", open=True):
+        temperature = gr.Slider(
+            0.0, 1.5, value=settings.temperature, step=0.05, label="Temperature",
+            info="0 = greedy (deterministic)",
+        )  # fmt: skip
+        max_tokens = gr.Slider(1, 1024, value=settings.max_new_tokens, step=1, label="Max new tokens")
+    return temperature, max_tokens
+
+
+def _wire_events(handlers: DemoHandlers, session: Any, viewer: ScanViewer, chat: ChatPanel) -> None:
+    """Connect the page's events; ``/upload``, ``/ask`` and ``/clear`` are the API, the rest is private."""
+    import gradio as gr
+
+    outputs = [session, *viewer.outputs, chat.chatbot]
+    viewer.upload.upload(handlers.upload, [viewer.upload, session], outputs, api_name="upload")
+    viewer.upload.clear(handlers.upload, [viewer.upload, session], outputs, api_visibility="private")
+    for plane, image, slider in zip(PLANES, viewer.slices, viewer.sliders):
+        slider.input(
+            handlers.slice_handler(plane),
+            [slider, session],
+            image,
+            api_visibility="private",
+            trigger_mode="always_last",
+            show_progress="hidden",
+        )
+    gr.on(
+        [chat.send.click, chat.question.submit],
+        handlers.ask,
+        [chat.question, chat.temperature, chat.max_tokens, session],
+        [session, chat.chatbot, chat.question],
+        api_name="ask",
+    )
+    chat.clear.click(handlers.clear, [session], [session, chat.chatbot], api_name="clear")

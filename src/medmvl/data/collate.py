@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 
 from medmvl.data.conversation import IGNORE_INDEX
+from medmvl.data.schema import PIXEL_KEYS
 
 
 class Collator:
@@ -56,19 +57,26 @@ class Collator:
             input_ids[row, cols] = item["input_ids"]
             labels[row, cols] = item["labels"] if "labels" in item else IGNORE_INDEX
             attention_mask[row, cols] = 1
-        images = [item["pixel_values"] for item in kept if item.get("pixel_values") is not None]
-        volumes = [item["pixel_values_3d"] for item in kept if item.get("pixel_values_3d") is not None]
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
             "target_index": supervised_index(labels),  # [s]
             "num_input_tokens": int(attention_mask.sum()),
-            "pixel_values": torch.cat(images) if images else None,  # [N, c, h, w]
-            "pixel_values_3d": torch.cat(volumes) if volumes else None,  # [N3, c, d, h, w]
+            **concat_pixels(kept),
             "ids": [item["id"] for item in kept],
             "skipped": len(items) - len(kept),
         }
+
+
+def concat_pixels(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor | None]:
+    """Each placeholder's tensors of ``items`` concatenated in item order: ``pixel_values`` [N, c, h, w],
+    ``pixel_values_3d`` [N3, c, d, h, w] (``None`` where no item has one)."""
+    batch = {}
+    for key in PIXEL_KEYS:
+        tensors = [item[key] for item in items if item.get(key) is not None]
+        batch[key] = torch.cat(tensors) if tensors else None  # [N, c, (d,) h, w]
+    return batch
 
 
 def supervised_index(labels: torch.Tensor) -> torch.Tensor:

@@ -8,10 +8,11 @@ is dropped silently.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +24,14 @@ from medmvl.data.conversation import ConversationEncoder, SampleTooLongError
 from medmvl.data.images import ImageReadError, ImageTransform, load_image
 from medmvl.data.media import MediaPathError, resolve_media_path
 from medmvl.data.sampling.modality import modality
-from medmvl.data.schema import AnnotationError, Problem, Sample, raise_on_errors, read_annotations
+from medmvl.data.schema import (
+    PLACEHOLDERS,
+    AnnotationError,
+    Problem,
+    Sample,
+    raise_on_errors,
+    read_annotations,
+)
 from medmvl.data.volumes import VolumeTransform
 
 log = logging.getLogger("medmvl.data")
@@ -34,8 +42,15 @@ class _Item:
     sample: Sample
     input_ids: torch.Tensor  # [n]
     labels: torch.Tensor  # [n]
-    images: tuple[Path, ...]
-    volumes: tuple[Path, ...] = ()
+    media: dict[str, tuple[Path, ...]]  # annotation field (image, image3d) -> resolved paths
+
+    @property
+    def images(self) -> tuple[Path, ...]:
+        return self.media.get("image", ())
+
+    @property
+    def volumes(self) -> tuple[Path, ...]:
+        return self.media.get("image3d", ())
 
 
 class AnnotationDataset(Dataset):
@@ -81,6 +96,12 @@ class AnnotationDataset(Dataset):
         self.image3d_dir = Path(image3d_dir) if image3d_dir is not None else Path(annotations).parent
         self.transform = transform
         self.volume_transform = volume_transform
+        # per placeholder field: where relative paths resolve, and file -> tensor (None: no such tower)
+        self.roots = {"image": self.image_dir, "image3d": self.image3d_dir}
+        self.readers: dict[str, Callable[[Path], torch.Tensor] | None] = {
+            "image": None if transform is None else functools.partial(_read_image, transform),
+            "image3d": volume_transform,
+        }
         self.on_error = on_error
         self.read_failures = 0
         samples, problems = read_annotations(annotations, require_answer=require_answer)
@@ -108,23 +129,19 @@ class AnnotationDataset(Dataset):
             raise AnnotationError(f"{self.source}: no usable samples; {reason or 'the file holds none'}")
 
     def _prepare(self, sample: Sample, conversation: ConversationEncoder) -> _Item:
-        if sample.images3d and self.volume_transform is None:
-            raise _SampleError(
-                sample, "image3d", "3D volumes need a 3D encoder (encoder3d=... or a 3D encoder)", "image3d"
+        media = {}
+        for field in (p.field for p in PLACEHOLDERS):
+            if sample.media(field) and self.readers[field] is None:
+                raise _SampleError(sample, field, NO_TOWER[field], field)
+            media[field] = tuple(
+                self._resolve(p, k, sample, field) for k, p in enumerate(sample.media(field))
             )
-        if sample.images and self.transform is None:
-            raise _SampleError(
-                sample, "image", "2D images need a 2D encoder; this model has only a 3D one", "image"
-            )
-        paths = tuple(self._resolve(p, k, sample, "image") for k, p in enumerate(sample.images))
-        volumes = tuple(self._resolve(p, k, sample, "image3d") for k, p in enumerate(sample.images3d))
         encoded = conversation.encode(sample)
-        return _Item(sample, encoded["input_ids"], encoded["labels"], paths, volumes)
+        return _Item(sample, encoded["input_ids"], encoded["labels"], media)
 
     def _resolve(self, path: str, k: int, sample: Sample, key: str) -> Path:
-        root = self.image_dir if key == "image" else self.image3d_dir
         try:  # the same rule as medmvl-data check --images
-            return resolve_media_path(path, root, key)
+            return resolve_media_path(path, self.roots[key], key)
         except MediaPathError as err:
             raise _SampleError(sample, f"{key}[{k}]", str(err), err.code) from err
 
@@ -146,9 +163,8 @@ class AnnotationDataset(Dataset):
         ``pixel_values_3d`` [k3, c, d, h, w] (each ``None`` without images / volumes); ``None`` for a sample
         whose image or volume cannot be read when ``on_error="skip"``."""
         item = self.items[index]
-        try:
-            pixel_values = self._stack(item, "image", item.images)  # [k, c, h, w]
-            pixel_values_3d = self._stack(item, "image3d", item.volumes)  # [k3, c, d, h, w]
+        try:  # pixel_values [k, c, h, w], pixel_values_3d [k3, c, d, h, w]
+            pixels = {p.pixel_key: self._stack(item, p.field, item.media[p.field]) for p in PLACEHOLDERS}
         except ImageReadError as err:
             if self.on_error == "raise":
                 raise
@@ -159,8 +175,7 @@ class AnnotationDataset(Dataset):
             "id": item.sample.id,
             "input_ids": item.input_ids,
             "labels": item.labels,
-            "pixel_values": pixel_values,
-            "pixel_values_3d": pixel_values_3d,
+            **pixels,
         }
 
     def _stack(self, item: _Item, key: str, paths: tuple[Path, ...]) -> torch.Tensor | None:
@@ -169,12 +184,21 @@ class AnnotationDataset(Dataset):
         out = []
         for k, path in enumerate(paths):
             try:
-                out.append(
-                    self.transform(load_image(path)) if key == "image" else self.volume_transform(path)
-                )
+                out.append(self.readers[key](path))  # [c, (d,) h, w]
             except ImageReadError as err:
                 raise type(err)(f"{item.sample.where()}, field '{key}[{k}]': {err}") from err
         return torch.stack(out)
+
+
+def _read_image(transform: ImageTransform, path: Path) -> torch.Tensor:
+    """A 2D file -> ``[c, h, w]`` (module level, so DataLoader workers can pickle the reader)."""
+    return transform(load_image(path))
+
+
+NO_TOWER = {
+    "image": "2D images need a 2D encoder; this model has only a 3D one",
+    "image3d": "3D volumes need a 3D encoder (encoder3d=... or a 3D encoder)",
+}
 
 
 class _SampleError(AnnotationError):

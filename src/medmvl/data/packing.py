@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from medmvl.data.collate import supervised_index
+from medmvl.data.collate import concat_pixels, supervised_index
 from medmvl.data.conversation import IGNORE_INDEX
 
 
@@ -96,8 +96,6 @@ class PackingCollator:
                 attention_mask[r, start:end] = 1
                 start = end
             position_ids[r, start:] = torch.arange(n - start)  # the pad tail: a segment of its own
-        images = [kept[i]["pixel_values"] for i in order if kept[i].get("pixel_values") is not None]
-        volumes = [kept[i]["pixel_values_3d"] for i in order if kept[i].get("pixel_values_3d") is not None]
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -105,8 +103,7 @@ class PackingCollator:
             "position_ids": position_ids,
             "target_index": supervised_index(labels),  # [s]
             "num_input_tokens": int(attention_mask.sum()),
-            "pixel_values": torch.cat(images) if images else None,  # [N, c, h, w]
-            "pixel_values_3d": torch.cat(volumes) if volumes else None,  # [N3, c, d, h, w]
+            **concat_pixels([kept[i] for i in order]),  # in packed order
             "ids": [kept[i]["id"] for i in order],
             "num_samples": len(kept),
             "skipped": len(items) - len(kept),

@@ -20,6 +20,36 @@ from typing import Any, Literal
 
 IMAGE_TOKEN = "<image>"
 IMAGE3D_TOKEN = "<image3d>"
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """What one image placeholder means in every layer: the one table the 2D and the 3D tower both use.
+
+    Attributes:
+        token: The placeholder in the text (and the special token the tokenizer adds).
+        field: The annotation key listing its files (``image`` / ``image3d``).
+        pixel_key: The batch key of its tensors (``pixel_values`` / ``pixel_values_3d``).
+        spatial_dims: 2 (``[k, c, h, w]``) or 3 (``[k, c, d, h, w]``).
+    """
+
+    token: str
+    field: str
+    pixel_key: str
+    spatial_dims: int
+
+    @property
+    def layout(self) -> str:
+        """The tensor layout of its batch entry, for error messages."""
+        return "[k, c, h, w]" if self.spatial_dims == 2 else "[k, c, d, h, w]"
+
+
+# every tower of a MedVLM serves one of these; data, collators, model and generator loop over this table
+PLACEHOLDERS = (
+    Placeholder(IMAGE_TOKEN, "image", "pixel_values", 2),
+    Placeholder(IMAGE3D_TOKEN, "image3d", "pixel_values_3d", 3),
+)
+PIXEL_KEYS = tuple(p.pixel_key for p in PLACEHOLDERS)
 # the sample keys medmvl reads, plus metadata keys common in MedM-VL / LLaVA-Med / demo files (kept, unused)
 KNOWN_KEYS = frozenset({"id", "conversations", "image", "image3d", "answer"})
 METADATA_KEYS = frozenset(
@@ -67,6 +97,10 @@ class Sample:
     index: int = 0
     source: str | None = None
     answer: str | None = None
+
+    def media(self, field: str) -> tuple[str, ...]:
+        """The paths of annotation field ``field`` (``image`` or ``image3d``, a :class:`Placeholder` field)."""
+        return {"image": self.images, "image3d": self.images3d}[field]
 
     def where(self) -> str:
         """``file: sample 3 (id '17')`` for error messages."""
@@ -171,7 +205,7 @@ def parse_sample(
         check.error("answer", f"expected a string, got {type(answer).__name__}", "answer")
     elif answer is not None and (bad := _bad_unicode(answer)):
         check.error("answer", bad, "unicode")
-    for token, paths, key in ((IMAGE_TOKEN, images, "image"), (IMAGE3D_TOKEN, images3d, "image3d")):
+    for (token, key), paths in zip(((p.token, p.field) for p in PLACEHOLDERS), (images, images3d)):
         for j, turn in enumerate(turns):
             if turn.role == "gpt" and token in turn.text:
                 check.error(

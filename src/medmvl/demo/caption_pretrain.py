@@ -11,6 +11,11 @@ the caption tokens are needed, never an LLM forward pass, so this takes seconds 
 it in ``encoder:``. The result is cached under ``<medmvl cache>/encoders/`` by a hash of every input
 (backbone and LLM configs, training settings, the caption file's bytes), like the GGUF conversion: the
 first run trains, later runs load.
+
+The steps, in order: :func:`caption_targets` and :func:`slot_vocabulary` turn captions into per-slot
+targets, :func:`load_captioned_images` reads the images (or volumes), :func:`fit_slots` is the training
+loop, and :func:`caption_pretrained` ties them to the cache (the training settings travel as one
+:class:`CaptionTraining`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +202,31 @@ def _config(node: Any) -> dict[str, Any]:
     return dict(node)
 
 
+@dataclass(frozen=True)
+class CaptionTraining:
+    """How captions become slot targets and how the slots are trained; part of the cache key.
+
+    Attributes:
+        num_slots: Slots per image (``None``: the longest caption's length); see :func:`caption_targets`.
+        pad_text: One-token text that pads short captions.
+        unknown_text: A one-token word whose tokens are not supervised.
+        steps: Optimizer steps; see :func:`fit_slots`.
+        batch_size: Images per step (drawn with replacement).
+        lr: Peak learning rate of the cosine schedule.
+        weight_decay: AdamW weight decay.
+        seed: Seeds the backbone's and slot head's initialisation and the batch draws.
+    """
+
+    num_slots: int | None = None
+    pad_text: str = "."
+    unknown_text: str | None = None
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1.0e-3
+    weight_decay: float = 0.05
+    seed: int = 0
+
+
 def caption_pretrained(
     *,
     backbone: Mapping[str, Any],
@@ -235,41 +266,153 @@ def caption_pretrained(
         cache: reuse / write ``<medmvl cache>/encoders/caption-slots-<hash>``.
     """
     backbone_cfg, llm_cfg = _config(backbone), _config(llm)
+    annotations = _prepared_annotations(annotations, prepare)
+    volume_cfg = _config(volume) if volume is not None else None
+    training = CaptionTraining(
+        num_slots=num_slots,
+        pad_text=pad_text,
+        unknown_text=unknown_text,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+    )
+    settings = _cache_settings(backbone_cfg, llm_cfg, annotations, volume_cfg, training)
+    folder = _cache_folder(settings)
+    if cache and (folder / "model.safetensors").is_file():
+        return _load_cached(folder, hard=hard)
+    encoder = _train_encoder(backbone_cfg, llm_cfg, annotations, image_dir, volume_cfg, training, hard=hard)
+    if cache:
+        _save_cached(encoder, settings, folder)
+    return encoder
+
+
+def _prepared_annotations(annotations: str | os.PathLike, prepare: Mapping[str, Any] | None) -> Path:
+    """Run the ``prepare`` callable (if any), then check that the caption file exists.
+
+    Raises:
+        FileNotFoundError: ``annotations`` is not a file (after ``prepare``).
+    """
     annotations = Path(annotations)
     if prepare is not None:
         instantiate(prepare)
     if not annotations.is_file():
         raise FileNotFoundError(f"caption pre-training file {str(annotations)!r} does not exist")
-    settings = {
+    return annotations
+
+
+def _cache_settings(
+    backbone_cfg: dict[str, Any],
+    llm_cfg: dict[str, Any],
+    annotations: Path,
+    volume_cfg: dict[str, Any] | None,
+    training: CaptionTraining,
+) -> dict[str, Any]:
+    """Every input that changes the trained weights (hashed into the cache key, kept as ``settings.json``).
+
+    The LLM's ``dtype`` and ``attn_implementation`` are left out: only its tokenizer and embedding rows
+    are used. The key order is that of ``settings.json``.
+    """
+    return {
         "backbone": backbone_cfg,
         "llm": {k: v for k, v in llm_cfg.items() if k not in ("dtype", "attn_implementation")},
         "annotations_sha256": hashlib.sha256(annotations.read_bytes()).hexdigest(),
-        **({"volume": _config(volume)} if volume is not None else {}),
-        "num_slots": num_slots,
-        "pad_text": pad_text,
-        "unknown_text": unknown_text,
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "seed": seed,
+        **({"volume": volume_cfg} if volume_cfg is not None else {}),
+        **asdict(training),  # num_slots, pad_text, unknown_text, steps, batch_size, lr, weight_decay, seed
     }
+
+
+def _cache_folder(settings: Mapping[str, Any]) -> Path:
+    """``<medmvl cache>/encoders/caption-slots-<first 16 hex digits of the settings' sha256>``."""
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    folder = cache_dir() / "encoders" / f"caption-slots-{key}"
-    if cache and (folder / "model.safetensors").is_file():
-        config = json.loads((folder / "config.json").read_text())
-        encoder = instantiate({**config, "hard": hard})
-        encoder.load_state_dict(load_file(folder / "model.safetensors"))
-        log.info("caption-pre-trained encoder loaded from %s", folder)
-        return encoder
+    return cache_dir() / "encoders" / f"caption-slots-{key}"
+
+
+def _load_cached(folder: Path, *, hard: bool) -> CaptionSlotEncoder:
+    """The encoder saved in ``folder`` (``hard`` is not part of the key: it only changes the forward)."""
+    config = json.loads((folder / "config.json").read_text())
+    encoder = instantiate({**config, "hard": hard})
+    encoder.load_state_dict(load_file(folder / "model.safetensors"))
+    log.info("caption-pre-trained encoder loaded from %s", folder)
+    return encoder
+
+
+def _save_cached(encoder: CaptionSlotEncoder, settings: Mapping[str, Any], folder: Path) -> None:
+    """Write weights, config and settings to a private folder, then move it to ``folder`` in one step."""
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, tmp / "model.safetensors")
+    (tmp / "config.json").write_text(json.dumps(encoder.export_config(), indent=1))
+    (tmp / "settings.json").write_text(json.dumps(settings, indent=1, default=str))
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process cached the same encoder first
+        pass
+
+
+def _train_encoder(
+    backbone_cfg: dict[str, Any],
+    llm_cfg: dict[str, Any],
+    annotations: Path,
+    image_dir: str | os.PathLike | None,
+    volume_cfg: dict[str, Any] | None,
+    training: CaptionTraining,
+    *,
+    hard: bool,
+) -> CaptionSlotEncoder:
+    """Seed, build the encoder over the captioned images, and fit its slots (see :func:`fit_slots`)."""
     start = time.time()
-    torch.manual_seed(seed)
+    torch.manual_seed(training.seed)  # the backbone's and slot head's initialisation
+    encoder, pixels, targets = _untrained_encoder(
+        backbone_cfg, llm_cfg, annotations, image_dir, volume_cfg, training, hard=hard
+    )
+    losses = fit_slots(
+        encoder,
+        pixels,
+        targets,
+        steps=training.steps,
+        batch_size=training.batch_size,
+        lr=training.lr,
+        weight_decay=training.weight_decay,
+        seed=training.seed,
+    )
+    log.info(
+        "caption pre-training: %d images, %d slots, %d-token vocabulary, loss %.3f -> %.3f in %.0f s",
+        len(pixels),
+        targets.shape[1],
+        len(encoder.vocab_ids),
+        losses[0],
+        losses[-1],
+        time.time() - start,
+    )
+    return encoder
+
+
+def _untrained_encoder(
+    backbone_cfg: dict[str, Any],
+    llm_cfg: dict[str, Any],
+    annotations: Path,
+    image_dir: str | os.PathLike | None,
+    volume_cfg: dict[str, Any] | None,
+    training: CaptionTraining,
+    *,
+    hard: bool,
+) -> tuple[CaptionSlotEncoder, torch.Tensor, torch.Tensor]:
+    """A fresh encoder whose vocabulary rows are the LLM's embeddings of the caption tokens, and its data.
+
+    Builds the backbone before the LLM (the order in which they draw from the seeded generator), reads
+    the images, and tokenizes the captions. The LLM is no longer referenced once this returns.
+
+    Returns:
+        The encoder, ``pixels`` [n, c, h, w] (2D) or [n, c, d, h, w] (3D) and ``targets`` [n, slots].
+    """
     backbone_module = instantiate(backbone_cfg)
     lm = instantiate(llm_cfg)
-    pixels, captions = load_captioned_images(
-        annotations, backbone_module.preprocess, image_dir, _config(volume) if volume is not None else None
+    pixels, captions = load_captioned_images(annotations, backbone_module.preprocess, image_dir, volume_cfg)
+    targets, vocab_ids = caption_targets(
+        captions, lm.tokenizer, training.num_slots, training.pad_text, training.unknown_text
     )
-    targets, vocab_ids = caption_targets(captions, lm.tokenizer, num_slots, pad_text, unknown_text)
     encoder = CaptionSlotEncoder(
         backbone=backbone_module,
         num_slots=targets.shape[1],
@@ -277,36 +420,6 @@ def caption_pretrained(
         out_dim=lm.hidden_size,
         hard=hard,
     )
-    encoder.init_vocab(lm.model.get_input_embeddings().weight)
-    encoder.allowed.copy_(slot_vocabulary(targets, len(vocab_ids)))
-    del lm
-    losses = fit_slots(
-        encoder,
-        pixels,
-        targets,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        seed=seed,
-    )
-    log.info(
-        "caption pre-training: %d images, %d slots, %d-token vocabulary, loss %.3f -> %.3f in %.0f s",
-        len(pixels),
-        targets.shape[1],
-        len(vocab_ids),
-        losses[0],
-        losses[-1],
-        time.time() - start,
-    )
-    if cache:
-        tmp = folder.with_name(f".{folder.name}.{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, tmp / "model.safetensors")
-        (tmp / "config.json").write_text(json.dumps(encoder.export_config(), indent=1))
-        (tmp / "settings.json").write_text(json.dumps(settings, indent=1, default=str))
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process cached the same encoder first
-            pass
-    return encoder
+    encoder.init_vocab(lm.model.get_input_embeddings().weight)  # [vocab, d_llm] -> rows vocab_ids
+    encoder.allowed.copy_(slot_vocabulary(targets, len(vocab_ids)))  # [slots, len(vocab_ids)]
+    return encoder, pixels, targets

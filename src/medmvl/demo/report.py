@@ -6,9 +6,15 @@ Used as the training ``post_train`` hook (``conf/experiment/demo.yaml``)::
                  batch_size: 16, max_new_tokens: 8}
 
 It answers every question of the held-out file twice — with its image, and text-only (images and
-``<image>`` placeholders removed) — scores both (``closed.py`` definitions), prints a Rich table, and
-writes ``demo_results.json`` and ``demo_predictions.json`` into the run folder. The last line on stdout is
-the path of ``demo_results.json``, so scripts can ``tail -n1`` it.
+``<image>`` placeholders removed) — scores both with evaluate.py's code (``evaluation.predictions`` and
+``evaluation.report``; definitions in docs/metrics.md), prints a Rich table, and writes
+``demo_results.json`` and ``demo_predictions.json`` into the run folder. The last line on stdout is the
+path of ``demo_results.json``, so scripts can ``tail -n1`` it.
+
+Held-out questions are closed or open: ``heldout_accuracy`` / ``text_only_accuracy`` are the closed
+accuracy, ``chance_accuracy`` the closed chance level, ``open_*`` the open recall and exact match; a
+question without a type is of type ``all``; a multiple-choice (``choice``) question is refused before
+generating (evaluate.py scores those).
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from medmvl.evaluation.vqa import VQAItem, load_vqa, score, score_item
+from medmvl.evaluation.predictions import Question, load_questions, question_rows
+from medmvl.evaluation.report import build_report
 from medmvl.inference.generator import Generator
 from medmvl.models.vlm import MedVLM
 
@@ -31,6 +38,17 @@ _IMPORTED_AT = time.time()
 RESULTS_NAME = "demo_results.json"
 PREDICTIONS_NAME = "demo_predictions.json"
 
+
+RETURNED = (
+    "heldout_accuracy",
+    "text_only_accuracy",
+    "chance_accuracy",
+    "n_closed",
+    "open_recall",
+    "text_only_open_recall",
+    "minutes",
+)
+"""The numbers of ``demo_results.json`` that ``demo_report`` also returns (they join the training metrics)."""
 
 _LAST_REPORT: dict[str, float | None] = {"at": None}
 """When this process last finished a report (the next sweep job's minutes count from there)."""
@@ -84,6 +102,23 @@ def demo_report(
         ``text_only_open_recall``, ``minutes`` and ``demo_results`` (the file's path).
     """
     hp = getattr(datamodule, "hparams", None) or {}
+    annotations, image_dir, image3d_dir = _heldout(hp, annotations, image_dir)
+    questions = heldout_questions(annotations)
+    options = {"image_dir": image_dir, "image3d_dir": image3d_dir, "batch_size": batch_size}
+    with_image, text_only = _generate(model, hp, questions, device, max_new_tokens=max_new_tokens, **options)
+    results, predictions = demo_results(questions, with_image, text_only, annotations)
+    # a -m sweep runs its jobs one after another in this process: a later job counts from the previous report
+    start = started_at if started_at is not None else (_LAST_REPORT["at"] or process_start_time())
+    results["minutes"] = round((time.time() - start) / 60.0, 2)
+    path = _write(Path(output_dir), results, predictions)
+    _LAST_REPORT["at"] = time.time()
+    Console().print(_table(results))
+    print(path, flush=True)
+    return {**{k: results[k] for k in RETURNED}, "demo_results": str(path)}
+
+
+def _heldout(hp: Any, annotations: str | None, image_dir: str | None) -> tuple[str, str | None, str | None]:
+    """``(held-out file, image_dir, image3d_dir)``; the datamodule's folders serve its val_annotations."""
     annotations = annotations or hp.get("val_annotations")
     if not annotations:
         raise ValueError(
@@ -93,7 +128,30 @@ def demo_report(
     if annotations == hp.get("val_annotations"):
         image_dir = hp.get("image_dir") if image_dir is None else image_dir
         image3d_dir = hp.get("image3d_dir")
-    items = load_vqa(annotations)
+    return annotations, image_dir, image3d_dir
+
+
+def heldout_questions(annotations: str | os.PathLike) -> list[Question]:
+    """The held-out file's questions (type ``all`` where a record has no ``question_type``).
+
+    Raises:
+        AnnotationError: As ``load_questions``.
+        ValueError: A multiple-choice question: the demo report scores closed and open questions.
+    """
+    questions = load_questions(annotations, type_keys=("question_type",), no_type="all")
+    choice = [q.sample.where() for q in questions if q.row.kind == "choice"]
+    if choice:
+        raise ValueError(
+            f"{choice[0]}: a multiple-choice question ({len(choice)} in all); demo_report scores closed "
+            "and open questions: set their answer_type, or score them with evaluate.py"
+        )
+    return questions
+
+
+def _generate(
+    model: MedVLM, hp: Any, questions: list[Question], device: str | None, **options: Any
+) -> tuple[list[str], list[str]]:
+    """Answers to every question with its images and text-only, generated on ``device``."""
     generator = Generator(
         model,
         max_length=hp.get("max_length", 8192),
@@ -103,84 +161,93 @@ def demo_report(
     )
     home = next(model.parameters()).device
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else home))
+    samples = [q.sample for q in questions]
     model.to(target)
     try:
-        kwargs = {"image_dir": image_dir, "image3d_dir": image3d_dir, "batch_size": batch_size}
-        kwargs["max_new_tokens"] = max_new_tokens
-        with_image = generator.generate([it.sample for it in items], **kwargs)
-        text_only = generator.generate([it.sample for it in items], text_only=True, **kwargs)
+        return generator.generate(samples, **options), generator.generate(samples, text_only=True, **options)
     finally:
         model.to(home)
-    results = _results(items, with_image, text_only, annotations)
-    # a -m sweep runs its jobs one after another in this process: a later job counts from the previous report
-    start = started_at if started_at is not None else (_LAST_REPORT["at"] or process_start_time())
-    results["minutes"] = round((time.time() - start) / 60.0, 2)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / PREDICTIONS_NAME).write_text(json.dumps(_predictions(items, with_image, text_only), indent=1))
-    results["predictions"] = str(out / PREDICTIONS_NAME)
-    path = out / RESULTS_NAME
-    path.write_text(json.dumps(results, indent=2))
-    _LAST_REPORT["at"] = time.time()
-    console = Console()
-    console.print(_table(results))
-    print(path, flush=True)
-    keys = (
-        "heldout_accuracy",
-        "text_only_accuracy",
-        "chance_accuracy",
-        "n_closed",
-        "open_recall",
-        "text_only_open_recall",
-        "minutes",
-    )
-    return {**{k: results[k] for k in keys}, "demo_results": str(path)}
 
 
-def _results(
-    items: list[VQAItem], with_image: list[str], text_only: list[str], source: str
-) -> dict[str, Any]:
-    img, txt = score(items, with_image), score(items, text_only)
+def demo_results(
+    questions: list[Question], with_image: list[str], text_only: list[str], source: str | os.PathLike
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(demo_results.json without minutes and predictions, demo_predictions.json rows)``, scored by
+    ``evaluation.report.build_report`` on the rows of both answer lists."""
+    img, img_scores = build_report(question_rows(questions, with_image))
+    txt, txt_scores = build_report(question_rows(questions, text_only))
     per_type = {}
-    for qtype, entry in img["per_question_type"].items():
-        other = txt["per_question_type"][qtype]
+    for qtype, entry in img["by_question_type"].items():
+        other = _type_entry(txt["by_question_type"][qtype])
         per_type[qtype] = {
-            **entry,
+            **_type_entry(entry),
             **{f"text_only_{k}": v for k, v in other.items() if k not in ("n", "answer_type")},
         }
-    return {
+    overall, overall_txt = img["overall"], txt["overall"]
+    results = {
         "annotations": str(source),
-        "heldout_accuracy": img["closed_accuracy"],
-        "text_only_accuracy": txt["closed_accuracy"],
-        "chance_accuracy": img["chance_accuracy"],
-        "n_closed": img["n_closed"],
-        "n_open": img["n_open"],
-        "open_exact_match": img["open_exact_match"],
-        "open_recall": img["open_recall"],
-        "text_only_open_exact_match": txt["open_exact_match"],
-        "text_only_open_recall": txt["open_recall"],
+        "heldout_accuracy": overall["closed_accuracy"],
+        "text_only_accuracy": overall_txt["closed_accuracy"],
+        "chance_accuracy": overall["chance_accuracy"],
+        "n_closed": overall["n_closed"],
+        "n_open": overall["n_open"],
+        "open_exact_match": overall["exact_match"],
+        "open_recall": overall["recall"],
+        "text_only_open_exact_match": overall_txt["exact_match"],
+        "text_only_open_recall": overall_txt["recall"],
         "per_question_type": per_type,
     }
+    return results, _predictions(questions, img_scores, txt_scores)
 
 
-def _predictions(items: list[VQAItem], with_image: list[str], text_only: list[str]) -> list[dict[str, Any]]:
+def _type_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A question type's ``answer_type`` (closed / open / mixed), ``n`` and its closed and open metrics."""
+    kinds = [kind for kind in ("closed", "open") if entry[f"n_{kind}"]]
+    out: dict[str, Any] = {"answer_type": kinds[0] if len(kinds) == 1 else "mixed", "n": entry["n"]}
+    if entry["n_closed"]:
+        out["accuracy"] = entry["closed_accuracy"]
+    if entry["n_open"]:
+        out.update(exact_match=entry["exact_match"], recall=entry["recall"])
+    return out
+
+
+def _question_scores(score: dict[str, Any]) -> dict[str, Any]:
+    """A question's ``correct`` (closed), or ``exact_match`` (a boolean) and ``recall`` (open)."""
+    if score["kind"] == "closed":
+        return {"correct": score["correct"]}
+    return {"exact_match": bool(score["exact_match"]), "recall": score["recall"]}
+
+
+def _predictions(
+    questions: list[Question], img_scores: list[dict[str, Any]], txt_scores: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     rows = []
-    for item, pred, pred_txt in zip(items, with_image, text_only):
+    for q, img, txt in zip(questions, img_scores, txt_scores):
         rows.append(
             {
-                "id": item.sample.id,
-                "question_type": item.question_type,
-                "answer_type": "closed" if item.closed else "open",
-                "question": item.sample.turns[0].text,
-                "answer": item.answer,
-                "choices": list(item.choices) if item.choices else None,
-                "prediction": pred,
-                "text_only_prediction": pred_txt,
-                **score_item(item, pred),
-                **{f"text_only_{k}": v for k, v in score_item(item, pred_txt).items()},
+                "id": q.sample.id,
+                "question_type": q.row.question_type,
+                "answer_type": q.row.kind,
+                "question": q.sample.turns[0].text,
+                "answer": q.row.reference,
+                "choices": list(q.row.choices) if q.row.choices else None,
+                "prediction": img["prediction"],
+                "text_only_prediction": txt["prediction"],
+                **_question_scores(img),
+                **{f"text_only_{k}": v for k, v in _question_scores(txt).items()},
             }
         )
     return rows
+
+
+def _write(out: Path, results: dict[str, Any], predictions: list[dict[str, Any]]) -> Path:
+    """Write ``demo_predictions.json`` and ``demo_results.json`` (with the former's path) into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PREDICTIONS_NAME).write_text(json.dumps(predictions, indent=1))
+    results["predictions"] = str(out / PREDICTIONS_NAME)
+    path = out / RESULTS_NAME
+    path.write_text(json.dumps(results, indent=2))
+    return path
 
 
 def _pct(value: float | None) -> str:

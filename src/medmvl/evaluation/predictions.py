@@ -18,6 +18,11 @@ A prediction file is a JSON list (or JSONL) of records. For each record:
 
 Every problem of every file is collected and raised at once (``AnnotationError``), naming file, record
 index, id and field; nothing is skipped silently.
+
+Held-out questions (``load_questions``: an annotation file not yet answered, as the demo report reads it)
+become the same rows once answered (``question_rows``): the samples are validated as inference files, the
+reference is the ``answer`` field, else the final ``gpt`` turn (left out of the prompt), and kind, question
+type and dataset follow the rules above.
 """
 
 from __future__ import annotations
@@ -25,11 +30,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from medmvl.data.schema import AnnotationError
+from medmvl.data.schema import AnnotationError, Sample, raise_on_errors, validate_records
 from medmvl.evaluation.metrics.choice import reference_letter, starts_with_option
 from medmvl.evaluation.metrics.closed import YES_NO, normalise
 
@@ -69,11 +74,28 @@ class PredictionRow:
     letter: str | None = None
 
 
-def read_records(path: str | os.PathLike) -> list[Any]:
-    """A JSON list, or a JSONL file (one record per line; blank lines ignored)."""
+@dataclass(frozen=True)
+class Question:
+    """A held-out question of an annotation file, to answer and then score as a ``PredictionRow``.
+
+    Attributes:
+        sample: The validated sample, what a generator answers (its final ``gpt`` turn, if any, is the
+            reference and is left out of the prompt).
+        row: Its scoring row with an empty prediction: id, reference, kind, question type, dataset, choices
+            and option letter, by the rules of prediction files (``question_rows`` adds the predictions).
+        record: The raw JSON record.
+    """
+
+    sample: Sample
+    row: PredictionRow
+    record: dict[str, Any]
+
+
+def read_records(path: str | os.PathLike, *, what: str = "prediction") -> list[Any]:
+    """A JSON list, or a JSONL file (one record per line; blank lines ignored); ``what`` names the file."""
     path = Path(path)
     if not path.is_file():
-        raise AnnotationError(f"prediction file {str(path)!r} does not exist")
+        raise AnnotationError(f"{what} file {str(path)!r} does not exist")
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         records = []
@@ -119,10 +141,68 @@ def load_predictions(
                 rows += _rows(record, name, type_keys, dataset_key)
             except ValueError as err:
                 problems.append(f"{where}: {err}")
+    _raise_problems(problems)
+    return rows
+
+
+def load_questions(
+    path: str | os.PathLike,
+    *,
+    type_keys: Sequence[str] = ("question_type", "type"),
+    dataset_key: str = "dataset",
+    no_type: str = NO_TYPE,
+) -> list[Question]:
+    """Read the held-out questions of an annotation file (a JSON list or JSONL), in file order.
+
+    Samples are validated as inference files (a final ``gpt`` turn is optional). A question's reference is
+    its ``answer`` field, else its final ``gpt`` turn; kind, question type (``no_type`` when the record has
+    none of ``type_keys``) and dataset (``dataset_key``, else the file's name without extension) follow the
+    rules of prediction files (module docstring).
+
+    Raises:
+        AnnotationError: The file is missing or not JSON; a sample is invalid (the first problem, and how
+            many more); or, all collected at once, samples without a reference (neither ``answer`` nor a
+            final ``gpt`` turn) or with an invalid ``answer_type``, ``choices`` or option letter. Every
+            message names the file, sample index and id.
+    """
+    records = read_records(path, what="annotation")
+    samples, found = validate_records(records, source=str(path), require_answer=False)
+    raise_on_errors(found)
+    questions: list[Question] = []
+    problems: list[str] = []
+    for sample in samples:
+        record = records[sample.index]
+        reference = sample.answer
+        if reference is None and sample.turns[-1].role == "gpt":
+            reference = sample.turns[-1].text
+        try:
+            if reference is None:
+                raise ValueError("no reference answer (no 'answer' and no final gpt turn)")
+            qtype, dataset = _groups(record, Path(path).stem, type_keys, dataset_key, no_type)
+            row = _row(record, sample.id, "", reference, qtype, dataset)
+        except ValueError as err:
+            problems.append(f"{sample.where()}: {err}")
+            continue
+        questions.append(Question(sample, row, record))
+    _raise_problems(problems)
+    return questions
+
+
+def question_rows(questions: Sequence[Question], predictions: Sequence[str]) -> list[PredictionRow]:
+    """The scoring rows of ``questions`` answered by ``predictions`` (one per question, same order).
+
+    Raises:
+        ValueError: The counts differ.
+    """
+    if len(questions) != len(predictions):
+        raise ValueError(f"{len(predictions)} predictions for {len(questions)} questions")
+    return [replace(q.row, prediction=p) for q, p in zip(questions, predictions)]
+
+
+def _raise_problems(problems: Sequence[str]) -> None:
     if problems:
         more = f" ({len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise AnnotationError(problems[0] + more)
-    return rows
 
 
 def answer_kind(record: dict[str, Any], reference: str) -> Kind:
@@ -148,12 +228,19 @@ def _rows(record: Any, stem: str, type_keys: Sequence[str], dataset_key: str) ->
     if record.get("id") is None:
         raise ValueError("field 'id': missing")
     rid = str(record["id"])
-    qtype = next((str(record[k]) for k in type_keys if record.get(k) is not None), NO_TYPE)
-    dataset = str(record.get(dataset_key) or stem)
+    qtype, dataset = _groups(record, stem, type_keys, dataset_key, NO_TYPE)
     pairs = _pairs(record)
     return [
         _row(record, f"{rid}#{turn}" if turn else rid, pred, ref, qtype, dataset) for turn, pred, ref in pairs
     ]
+
+
+def _groups(
+    record: dict[str, Any], stem: str, type_keys: Sequence[str], dataset_key: str, no_type: str
+) -> tuple[str, str]:
+    """``(question type, dataset)`` of a record."""
+    qtype = next((str(record[k]) for k in type_keys if record.get(k) is not None), no_type)
+    return qtype, str(record.get(dataset_key) or stem)
 
 
 def _pairs(record: dict[str, Any]) -> list[tuple[int, str, str]]:

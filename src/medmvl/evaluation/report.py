@@ -4,7 +4,9 @@ Per question (``score_row``): a ``closed`` question gets ``correct`` (``closed.c
 choices), a ``choice`` question ``correct`` (``choice.choice_correct``), an ``open`` question ``recall``,
 ``exact_match``, ``token_f1``, ``bleu1``..``bleu4`` and ``rouge_l``. A group's value of a metric is the
 mean over the group's questions that have it (``None`` when none do): accuracies over closed / choice
-questions, text metrics over open questions, as LLaVA-Med reports them. Definitions: docs/metrics.md.
+questions, text metrics over open questions, as LLaVA-Med reports them. A group's ``chance_accuracy`` is
+the accuracy of guessing uniformly among the options of its closed questions (``chance_level``).
+Definitions: docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from medmvl.evaluation.metrics.choice import choice_correct
-from medmvl.evaluation.metrics.closed import closed_correct, mean, open_exact_match, open_recall
+from medmvl.evaluation.metrics.closed import (
+    YES_NO,
+    closed_correct,
+    mean,
+    normalise,
+    open_exact_match,
+    open_recall,
+)
 from medmvl.evaluation.metrics.text import bleu, rouge_l, token_f1
 from medmvl.evaluation.predictions import KINDS, PredictionRow
 
@@ -30,6 +39,7 @@ COLUMNS = (  # (metric key in a group entry, markdown header)
     ("bleu3", "BLEU-3"),
     ("bleu4", "BLEU-4"),
     ("rouge_l", "ROUGE-L"),
+    ("chance_accuracy", "closed chance"),  # last, so the columns before it keep their places
 )
 # (report key, PredictionRow attribute, label in the markdown table)
 BREAKDOWNS = (
@@ -56,8 +66,19 @@ def score_row(row: PredictionRow) -> dict[str, Any]:
     return scores
 
 
+def chance_level(row: PredictionRow) -> float | None:
+    """Accuracy of a uniform guess at a closed question: 1 / its number of choices, 1/2 for a yes/no
+    reference without choices; ``None`` for other questions (no known options, or not ``closed``)."""
+    if row.kind != "closed":
+        return None
+    if row.choices:
+        return 1.0 / len(row.choices)
+    return 1.0 / len(YES_NO) if normalise(row.reference) in YES_NO else None
+
+
 def aggregate(rows: Sequence[PredictionRow], scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One group's entry: counts per kind, accuracies, and the mean open-question metrics."""
+    """One group's entry: counts per kind, accuracies, the closed questions' chance accuracy (mean
+    ``chance_level`` over those that have one) and the mean open-question metrics."""
     by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row, score in zip(rows, scores):
         by_kind[row.kind].append(score)
@@ -66,6 +87,8 @@ def aggregate(rows: Sequence[PredictionRow], scores: Sequence[dict[str, Any]]) -
         entry[f"n_{kind}"] = len(by_kind[kind])
     for kind in ("closed", "choice"):
         entry[f"{kind}_accuracy"] = mean([float(s["correct"]) for s in by_kind[kind]])
+    levels = [chance_level(row) for row in rows]
+    entry["chance_accuracy"] = mean([level for level in levels if level is not None])
     for key in OPEN_METRICS:
         entry[key] = mean([s[key] for s in by_kind["open"]])
     return entry

@@ -24,7 +24,7 @@ import torch
 from medmvl.data.collate import Collator
 from medmvl.data.conversation import ConversationEncoder
 from medmvl.data.images import ImageReadError, ImageTransform, load_image
-from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN, Sample, Turn
+from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN, PLACEHOLDERS, Sample, Turn
 from medmvl.data.volumes import VolumeOptions, VolumeTransform
 from medmvl.models.vlm import MedVLM
 
@@ -134,25 +134,18 @@ class Generator:
         if text_only:
             sample = strip_images(sample)
         default = Path(sample.source).parent if sample.source else Path(".")
-        pixels = volumes = None
-        if sample.images:
-            paths = _resolve(sample.images, image_dir, default)
+        roots = {"image": image_dir, "image3d": image3d_dir}
+        readers = {"image": self.load_image, "image3d": self.load_volume}
+        out: dict[str, Any] = {"id": sample.id}
+        for placeholder in PLACEHOLDERS:  # pixel_values [k, c, h, w], pixel_values_3d [k3, c, d, h, w]
+            given, read = sample.media(placeholder.field), readers[placeholder.field]
             try:
-                pixels = torch.stack([self.load_image(p) for p in paths])  # [k, c, h, w]
-            except ImageReadError as err:
-                raise ImageReadError(f"{sample.where()}: {err}") from err
-        if sample.images3d:
-            paths = _resolve(sample.images3d, image3d_dir, default)
-            try:
-                volumes = torch.stack([self.load_volume(p) for p in paths])  # [k3, c, d, h, w]
+                paths = _resolve(given, roots[placeholder.field], default)
+                out[placeholder.pixel_key] = torch.stack([read(p) for p in paths]) if given else None
             except ImageReadError as err:  # VolumeReadError included
                 raise type(err)(f"{sample.where()}: {err}") from err
-        return {
-            "id": sample.id,
-            "input_ids": self.conversation.encode_prompt(sample),
-            "pixel_values": pixels,
-            "pixel_values_3d": volumes,
-        }
+        out["input_ids"] = self.conversation.encode_prompt(sample)  # after the media: a missing tower first
+        return out
 
     def load_image(self, path: Path) -> torch.Tensor:
         """A 2D image preprocessed for the 2D tower: [c, h, w]."""
@@ -174,9 +167,10 @@ class Generator:
         batch = self.collator(prompts)
         device = next(self.model.parameters()).device
         out = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
-        for key, token in (("pixel_values", IMAGE_TOKEN), ("pixel_values_3d", IMAGE3D_TOKEN)):
-            pixels = batch[key]
-            out[key] = None if pixels is None else pixels.to(device, self._tower_dtype(token))
+        for placeholder in PLACEHOLDERS:
+            pixels = batch[placeholder.pixel_key]
+            dtype = None if pixels is None else self._tower_dtype(placeholder.token)
+            out[placeholder.pixel_key] = None if pixels is None else pixels.to(device, dtype)
         return out
 
     def _tower_dtype(self, token: str) -> torch.dtype:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmvl.data.collate import supervised_index
-from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN
+from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN, PLACEHOLDERS
 from medmvl.models.encoders.base import VisionEncoder
 from medmvl.models.llm.loader import LanguageModel
 
@@ -125,10 +125,9 @@ class MedVLM(nn.Module):
             ``[b, t, d_llm]``.
         """
         embeds = self.llm.get_input_embeddings()(input_ids)  # [b, t, d_llm]
-        for token, pixels, name in (
-            (IMAGE_TOKEN, pixel_values, "pixel_values"),
-            (IMAGE3D_TOKEN, pixel_values_3d, "pixel_values_3d"),
-        ):
+        inputs = {"pixel_values": pixel_values, "pixel_values_3d": pixel_values_3d}
+        for placeholder in PLACEHOLDERS:  # one code path for every tower
+            token, name, pixels = placeholder.token, placeholder.pixel_key, inputs[placeholder.pixel_key]
             token_id = self.placeholder_ids[token]
             mask = input_ids == token_id if token_id is not None else torch.zeros_like(input_ids, dtype=bool)
             n_slots = int(mask.sum())  # mask: [b, t]
@@ -140,10 +139,8 @@ class MedVLM(nn.Module):
                 if n_slots:
                     raise ValueError(f"{n_slots} {token} positions in the batch but no {name}")
                 continue
-            want = 4 if token == IMAGE_TOKEN else 5
-            if pixels.ndim != want:
-                layout = "[k, c, h, w]" if want == 4 else "[k, c, d, h, w]"
-                raise ValueError(f"{name} must be {layout}, got shape {tuple(pixels.shape)}")
+            if pixels.ndim != placeholder.spatial_dims + 2:
+                raise ValueError(f"{name} must be {placeholder.layout}, got shape {tuple(pixels.shape)}")
             feats = self.get_image_features(pixels, token)  # [k, m, d_llm]
             if n_slots != feats.shape[0] * feats.shape[1]:
                 raise ValueError(

@@ -28,14 +28,12 @@ from lightning.pytorch.callbacks import Callback
 
 from medmvl.data.conversation import IGNORE_INDEX
 from medmvl.data.sampling.modality import BatchFetch
-from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN
+from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN, PIXEL_KEYS
 from medmvl.training.loggers import log_table, shows_tables
 from medmvl.training.stages import trainable_table
 
 log = logging.getLogger(__name__)
 
-PIXEL_KEYS = ("pixel_values", "pixel_values_3d")
-"""Batch keys of image tensors: 2D ``[k, c, h, w]`` and 3D ``[k, c, d, h, w]``."""
 
 _PLACEHOLDERS = re.compile(f"(?:{re.escape(IMAGE3D_TOKEN)}|{re.escape(IMAGE_TOKEN)})\\s*")
 

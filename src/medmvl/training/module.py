@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
 
+from medmvl.data.schema import PIXEL_KEYS
 from medmvl.training import checkpoint as ckpt_meta
 from medmvl.training.distributed import compile_blocks, is_sharded, shard_model
 from medmvl.training.reproducibility import run_seed, seed_batch
@@ -112,8 +113,7 @@ class MedVLMModule(L.LightningModule):
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             labels=batch["labels"],
-            pixel_values=batch.get("pixel_values"),
-            pixel_values_3d=batch.get("pixel_values_3d"),
+            **{key: batch.get(key) for key in PIXEL_KEYS},  # each tower's inputs
             position_ids=batch.get("position_ids"),  # packed rows (data.packing=true)
             target_index=batch.get("target_index"),
         )

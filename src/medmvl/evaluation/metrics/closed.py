@@ -84,15 +84,6 @@ def open_recall(prediction: str, answer: str) -> float:
     return len(gold & set(normalise(prediction).split())) / len(gold)
 
 
-def is_closed(answer: str, choices: Sequence[str] | None = None, answer_type: str | None = None) -> bool:
-    """A question is closed when ``answer_type`` says so, else when it has choices or a yes/no answer."""
-    if answer_type is not None:
-        if answer_type not in ("closed", "open"):
-            raise ValueError(f"answer_type must be 'closed' or 'open', got {answer_type!r}")
-        return answer_type == "closed"
-    return bool(choices) or normalise(answer) in YES_NO
-
-
 def mean(values: Sequence[float]) -> float | None:
     """Arithmetic mean, ``None`` for no values (so a missing metric is not reported as 0)."""
     return sum(values) / len(values) if values else None
