@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import torch
+
 from medmvl.cli.train import train
 from medmvl.interop.serialization import from_pretrained
+from medmvl.models.build import build_model
 from tests.conftest import compose_train, run_entry
 
 
@@ -42,6 +45,13 @@ def test_saves_checkpoint_metrics_and_model(tmp_path: Path, colour_data: list[st
     assert "train/lr/encoder" not in columns  # frozen in stage=finetune
     model = from_pretrained(metrics["model_dir"])
     assert model.image_token_counts == {"<image>": 16}
+    # init_from takes the run's checkpoint as well as its saved folder: the same weights either way
+    for source in (run / "checkpoints" / "last.ckpt", run):
+        again = build_model(
+            compose_train([f"init_from={source}", *colour_data], output_dir=tmp_path / "next")
+        )
+        state, saved = again.state_dict(), model.state_dict()
+        assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in saved), source
 
 
 def test_overfits_eight_samples(tmp_path: Path, colour_data: list[str]) -> None:
