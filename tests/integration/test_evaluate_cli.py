@@ -11,6 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from medmvl.cli.evaluate import evaluate
+from medmvl.data.schema import AnnotationError
 from tests.conftest import CONF_DIR, run_entry
 from tests.helpers.records import record, write_records
 
@@ -48,6 +49,28 @@ def test_needs_predictions_or_a_model(tmp_path: Path) -> None:
         evaluate(compose_evaluate([f"output_dir={tmp_path}"]))
     with pytest.raises(ValueError, match="needs data.annotations"):
         evaluate(compose_evaluate([f"output_dir={tmp_path}", f"model={tmp_path}"]))
+
+
+def test_names_every_bad_record_at_once(tmp_path: Path) -> None:
+    """Issue 16: evaluate.py named the first bad record and "(N more problem(s))"; now each one."""
+    rows = [
+        record("1", "Is it a CT?", gpt="Yes.", answer="yes"),
+        record("no_ref", "What organ?", gpt="liver"),
+        record("bad_type", "Is it?", gpt="yes", answer="yes", answer_type="yesno"),
+        record("no_pred", "Which?", answer="left"),
+    ]
+    path = write_records(tmp_path / "val.json", rows)
+    with pytest.raises(AnnotationError) as info:
+        evaluate(compose_evaluate([f"predictions={path}", f"output_dir={tmp_path / 'eval'}"]))
+    message = str(info.value)
+    assert message.startswith(f"3 problem(s) in {path}:") and "more problem" not in message
+    for index, rid, what in [
+        (1, "no_ref", "no reference"),
+        (2, "bad_type", "answer_type"),
+        (3, "no_pred", "no prediction"),
+    ]:
+        assert f"{path}: record {index} (id {rid!r}): " in message and what in message
+    assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
 @pytest.mark.slow

@@ -80,10 +80,16 @@ def _check(args: argparse.Namespace) -> int:
             print(f"error: {err}")
             status = 1
             continue
-        if args.images:
-            image_dir = args.image_dir or Path(path).parent
-            found = check_media(samples, image_dir=image_dir, image3d_dir=args.image3d_dir or image_dir)
-            problems = sorted([*problems, *found], key=lambda p: -1 if p.index is None else p.index)
+        # paths resolve as training and infer.py resolve them: relative to --image-dir / --image3d-dir,
+        # each defaulting to the annotation file's folder; --images also decodes every file
+        folder = Path(path).parent
+        found = check_media(
+            samples,
+            image_dir=args.image_dir or folder,
+            image3d_dir=args.image3d_dir or folder,
+            read=args.images,
+        )
+        problems = sorted([*problems, *found], key=lambda p: -1 if p.index is None else p.index)
         errors = sum(p.severity == "error" for p in problems)
         for problem in problems:
             print(f"{problem.severity}: {problem}")
@@ -97,15 +103,18 @@ def _add_check(subparsers: argparse._SubParsersAction) -> None:
         "check",
         help="report every problem of annotation files at once (exit 1 if any error)",
         description="Report every problem of annotation files at once: JSON, schema, roles, placeholder "
-        "counts, duplicate ids, text encoding, and with --images every image/volume path (inside its "
-        "folder, present, decodable, finite). Token length is checked when training builds the dataset.",
+        "counts, duplicate ids, text encoding, and every image/volume path (inside its folder and present, "
+        "resolved as training resolves it); with --images every file is also decoded (readable, finite). "
+        "Token length is checked when training builds the dataset.",
     )
     p.add_argument("annotations", nargs="+", help="MedM-VL / LLaVA annotation JSON files")
     p.add_argument(
         "--inference", action="store_true", help="files without the final gpt turn (inference input)"
     )
     p.add_argument(
-        "--images", action="store_true", help="also resolve and decode every image and volume file"
+        "--images",
+        action="store_true",
+        help="also decode every image and volume file (paths are always checked)",
     )
     p.add_argument(
         "--image-dir", type=Path, default=None, help="folder of relative image paths (default: the file's)"
@@ -114,7 +123,7 @@ def _add_check(subparsers: argparse._SubParsersAction) -> None:
         "--image3d-dir",
         type=Path,
         default=None,
-        help="folder of relative image3d paths (default: --image-dir)",
+        help="folder of relative image3d paths (default: the file's, as data.image3d_dir in training)",
     )
     p.set_defaults(func=_check)
 

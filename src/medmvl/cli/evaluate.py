@@ -4,8 +4,9 @@
 ``infer.py``'s file inference into ``<output_dir>/predictions.json`` first (resumable the same way), so
 one command goes from a saved model to a score table. Writes ``metrics.json`` (overall and per kind,
 question type and dataset), ``metrics.md`` (the same as a markdown table) and ``scores.jsonl`` (one line
-per question), prints the table, and prints the path of ``metrics.json`` last. Metric definitions:
-docs/metrics.md.
+per question), prints the table, and prints the path of ``metrics.json`` last. Bad input stops the run
+before anything is written, with one ``AnnotationError`` that lists every problem of every prediction file
+(file, record index, id and field; the first 50, then how many more). Metric definitions: docs/metrics.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Where a sample's image and volume paths point, and whether those files can be read.
 
-One rule for the dataset (which checks paths when it is built) and ``medmvl-data check --images`` (which
-also decodes every file): a relative path resolves against ``image_dir`` / ``image3d_dir`` and may not
-leave it through ``..``; an absolute path is used as it is; an ``image3d`` path may be a DICOM series
-folder.
+One rule for the dataset (which checks paths when it is built) and ``medmvl-data check`` (which checks
+every path by default, ``check_media(read=False)``, and with ``--images`` also decodes every file): a
+relative path resolves against ``image_dir`` / ``image3d_dir`` and may not leave it through ``..``; an
+absolute path is used as it is; an ``image3d`` path may be a DICOM series folder.
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ A prediction file is a JSON list (or JSONL) of records. For each record:
   has, else ``(none)``. **dataset**: its ``dataset_key`` field (default ``dataset``), else the file's name
   without extension.
 
-Every problem of every file is collected and raised at once (``AnnotationError``), naming file, record
-index, id and field; nothing is skipped silently.
+Every problem of every file (a missing or unreadable file, and each bad field of each record) is collected
+and raised at once (``AnnotationError``), one line per problem naming file, record index, id and field
+(the first ``MAX_LISTED`` problems, then how many more); nothing is skipped silently.
 
 Held-out questions (``load_questions``: an annotation file not yet answered, as the demo report reads it)
 become the same rows once answered (``question_rows``): the samples are validated as inference files, the
@@ -34,7 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from medmvl.data.schema import AnnotationError, Sample, raise_on_errors, validate_records
+from medmvl.data.schema import AnnotationError, Sample, validate_records
 from medmvl.evaluation.metrics.choice import reference_letter, starts_with_option
 from medmvl.evaluation.metrics.closed import YES_NO, normalise
 
@@ -47,6 +48,8 @@ _ANSWER_TYPES: dict[str, Kind] = {
     "multiple_choice": "choice",
 }
 NO_TYPE = "(none)"
+MAX_LISTED = 50
+"""The most problems one error message lists; the rest are counted."""
 
 
 @dataclass(frozen=True)
@@ -132,16 +135,19 @@ def load_predictions(
     if len(names) != len(paths):
         raise ValueError(f"{len(names)} dataset names for {len(paths)} prediction files")
     for path, name in zip(paths, names):
-        records = read_records(path)
+        try:
+            records = read_records(path)
+        except AnnotationError as err:  # a missing or unreadable file: report it with the others
+            problems.append(str(err))
+            continue
         for index, record in enumerate(records):
             where = f"{path}: record {index}"
-            if isinstance(record, dict) and "id" in record:
+            if isinstance(record, dict) and record.get("id") is not None:
                 where += f" (id {str(record['id'])!r})"
-            try:
-                rows += _rows(record, name, type_keys, dataset_key)
-            except ValueError as err:
-                problems.append(f"{where}: {err}")
-    _raise_problems(problems)
+            found, errors = _rows(record, name, type_keys, dataset_key)
+            problems += [f"{where}: {e}" for e in errors]
+            rows += found
+    _raise_problems(problems, str(paths[0]) if len(paths) == 1 else "prediction files")
     return rows
 
 
@@ -160,31 +166,34 @@ def load_questions(
     rules of prediction files (module docstring).
 
     Raises:
-        AnnotationError: The file is missing or not JSON; a sample is invalid (the first problem, and how
-            many more); or, all collected at once, samples without a reference (neither ``answer`` nor a
-            final ``gpt`` turn) or with an invalid ``answer_type``, ``choices`` or option letter. Every
-            message names the file, sample index and id.
+        AnnotationError: The file is missing or not JSON; or, all collected at once and in sample order,
+            invalid samples (every schema problem) and samples without a reference (neither ``answer`` nor
+            a final ``gpt`` turn) or with an invalid ``answer_type``, ``choices`` or option letter. Every
+            line names the file, sample index and id.
     """
     records = read_records(path, what="annotation")
     samples, found = validate_records(records, source=str(path), require_answer=False)
-    raise_on_errors(found)
+    problems: list[tuple[int, str]] = [
+        (-1 if p.index is None else p.index, str(p)) for p in found if p.severity == "error"
+    ]
     questions: list[Question] = []
-    problems: list[str] = []
     for sample in samples:
         record = records[sample.index]
         reference = sample.answer
         if reference is None and sample.turns[-1].role == "gpt":
             reference = sample.turns[-1].text
-        try:
-            if reference is None:
-                raise ValueError("no reference answer (no 'answer' and no final gpt turn)")
-            qtype, dataset = _groups(record, Path(path).stem, type_keys, dataset_key, no_type)
-            row = _row(record, sample.id, "", reference, qtype, dataset)
-        except ValueError as err:
-            problems.append(f"{sample.where()}: {err}")
+        if reference is None:
+            problems.append(
+                (sample.index, f"{sample.where()}: no reference answer (no 'answer' and no final gpt turn)")
+            )
             continue
-        questions.append(Question(sample, row, record))
-    _raise_problems(problems)
+        qtype, dataset = _groups(record, Path(path).stem, type_keys, dataset_key, no_type)
+        errors: list[str] = []
+        row = _row(record, sample.id, "", reference, qtype, dataset, errors)
+        problems += [(sample.index, f"{sample.where()}: {e}") for e in errors]
+        if row is not None:
+            questions.append(Question(sample, row, record))
+    _raise_problems([message for _, message in sorted(problems, key=lambda p: p[0])], str(path))
     return questions
 
 
@@ -199,10 +208,22 @@ def question_rows(questions: Sequence[Question], predictions: Sequence[str]) -> 
     return [replace(q.row, prediction=p) for q, p in zip(questions, predictions)]
 
 
-def _raise_problems(problems: Sequence[str]) -> None:
+def format_problems(problems: Sequence[str], where: str, limit: int = MAX_LISTED) -> str:
+    """One problem as it is; several as ``"<n> problem(s) in <where>:"`` and one indented line each.
+
+    At most ``limit`` lines are listed, then ``"... and <k> more problem(s) not listed (<n> in all)"``.
+    """
+    if len(problems) == 1:
+        return problems[0]
+    lines = [f"{len(problems)} problem(s) in {where}:", *(f"  {p}" for p in problems[:limit])]
+    if len(problems) > limit:
+        lines.append(f"  ... and {len(problems) - limit} more problem(s) not listed ({len(problems)} in all)")
+    return "\n".join(lines)
+
+
+def _raise_problems(problems: Sequence[str], where: str) -> None:
     if problems:
-        more = f" ({len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-        raise AnnotationError(problems[0] + more)
+        raise AnnotationError(format_problems(problems, where))
 
 
 def answer_kind(record: dict[str, Any], reference: str) -> Kind:
@@ -222,17 +243,23 @@ def answer_kind(record: dict[str, Any], reference: str) -> Kind:
     return "open"
 
 
-def _rows(record: Any, stem: str, type_keys: Sequence[str], dataset_key: str) -> list[PredictionRow]:
+def _rows(
+    record: Any, stem: str, type_keys: Sequence[str], dataset_key: str
+) -> tuple[list[PredictionRow], list[str]]:
+    """The rows of a record and every problem of it (no rows when there is one)."""
     if not isinstance(record, dict):
-        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+        return [], [f"expected a JSON object, got {type(record).__name__}"]
+    errors: list[str] = []
     if record.get("id") is None:
-        raise ValueError("field 'id': missing")
-    rid = str(record["id"])
+        errors.append("field 'id': missing")
+    rid = str(record.get("id"))
     qtype, dataset = _groups(record, stem, type_keys, dataset_key, NO_TYPE)
-    pairs = _pairs(record)
-    return [
-        _row(record, f"{rid}#{turn}" if turn else rid, pred, ref, qtype, dataset) for turn, pred, ref in pairs
-    ]
+    rows = []
+    for turn, pred, ref in _pairs(record, errors):
+        row = _row(record, f"{rid}#{turn}" if turn else rid, pred, ref, qtype, dataset, errors)
+        rows.append(row)
+    errors = list(dict.fromkeys(errors))  # a record-level problem is named once, not once per turn
+    return ([] if errors else rows), errors
 
 
 def _groups(
@@ -243,67 +270,90 @@ def _groups(
     return qtype, str(record.get(dataset_key) or stem)
 
 
-def _pairs(record: dict[str, Any]) -> list[tuple[int, str, str]]:
-    """``(turn or 0, prediction, reference)`` for each scored question of a record."""
+def _pairs(record: dict[str, Any], errors: list[str]) -> list[tuple[int, str, str]]:
+    """``(turn or 0, prediction, reference)`` for each scored question of a record; problems to ``errors``."""
     turns = record.get("conversations") or []
     answers = [t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "gpt"]
     refs = record.get("reference_turns")
     if refs is not None:
         if not isinstance(refs, list) or len(refs) != len(answers):
-            raise ValueError(
+            errors.append(
                 f"field 'reference_turns': expected a list with one reference (or null) per answered turn "
                 f"({len(answers)}), got {refs!r:.80}"
             )
+            return []
         refs = list(refs)
         if refs and refs[-1] is None and record.get("answer") is not None:
             refs[-1] = record["answer"]
         pairs = [
-            (k + 1, _text(a, "conversations"), _text(r, "reference_turns"))
+            (k + 1, _text(a, "conversations", errors), _text(r, "reference_turns", errors))
             for k, (a, r) in enumerate(zip(answers, refs))
             if r is not None
         ]
         if not pairs:
-            raise ValueError("no reference answer: every entry of 'reference_turns' is null and no 'answer'")
+            errors.append("no reference answer: every entry of 'reference_turns' is null and no 'answer'")
         return pairs
+    prediction = None
     if record.get("prediction") is not None:
-        prediction = _text(record["prediction"], "prediction")
+        prediction = _text(record["prediction"], "prediction", errors)
         reference = record.get("answer", answers[-1] if answers else None)
     else:
         last = turns[-1] if turns else None
         if not isinstance(last, dict) or last.get("from") != "gpt":
-            raise ValueError(
-                "no prediction: no 'prediction' field and the last conversation turn is not 'gpt'"
-            )
-        prediction = _text(last.get("value"), "conversations[-1].value")
+            errors.append("no prediction: no 'prediction' field and the last conversation turn is not 'gpt'")
+        else:
+            prediction = _text(last.get("value"), "conversations[-1].value", errors)
         reference = record.get("answer")
     if reference is None:
-        raise ValueError("no reference answer: field 'answer' is missing")
-    return [(0, prediction, _text(reference, "answer"))]
+        errors.append("no reference answer: field 'answer' is missing")
+        return []
+    reference = _text(reference, "answer", errors)
+    return [] if prediction is None else [(0, prediction, reference)]
 
 
 def _row(
-    record: dict[str, Any], rid: str, prediction: str, reference: str, qtype: str, dataset: str
-) -> PredictionRow:
-    kind = answer_kind(record, reference)
+    record: dict[str, Any],
+    rid: str,
+    prediction: str,
+    reference: str,
+    qtype: str,
+    dataset: str,
+    errors: list[str],
+) -> PredictionRow | None:
+    """The scoring row, or ``None`` with every problem (kind, choices, option letter) added to ``errors``."""
+    before = len(errors)
+    kind: Kind | None = None
+    try:
+        kind = answer_kind(record, reference)
+    except ValueError as err:
+        errors.append(str(err))
     choices = record.get("choices")
     if choices is not None and (
         not isinstance(choices, list) or not all(isinstance(c, str) for c in choices)
     ):
-        raise ValueError(f"field 'choices': expected a list of strings, got {choices!r:.80}")
+        errors.append(f"field 'choices': expected a list of strings, got {choices!r:.80}")
     letter = None
     if kind == "choice":
-        letter = reference_letter(reference, record.get("answer_choice"))
-        if letter is None:
-            raise ValueError(
-                f"multiple-choice question without an option letter: no 'answer_choice' and no '(x)' in the "
-                f"reference {reference!r:.80}"
-            )
+        try:
+            letter = reference_letter(reference, record.get("answer_choice"))
+        except ValueError as err:
+            errors.append(f"field 'answer_choice': {err}")
+        else:
+            if letter is None:
+                errors.append(
+                    "multiple-choice question without an option letter: no 'answer_choice' and no '(x)' in "
+                    f"the reference {reference!r:.80}"
+                )
+    if len(errors) > before or kind is None:
+        return None
     return PredictionRow(
         rid, prediction, reference, kind, qtype, dataset, tuple(choices) if choices else None, letter
     )
 
 
-def _text(value: Any, field: str) -> str:
+def _text(value: Any, field: str, errors: list[str]) -> str:
+    """``value`` when it is a string; else ``""`` and a problem naming ``field`` in ``errors``."""
     if not isinstance(value, str):
-        raise ValueError(f"field {field!r}: expected a string, got {value!r:.60}")
+        errors.append(f"field {field!r}: expected a string, got {value!r:.60}")
+        return ""
     return value

@@ -26,6 +26,7 @@ WORKED = [
     ("nodule in right lung", "right lung nodule", 1.0, False, 6 / 7, (3 / 4, 1 / 2, 0.0, 0.0), 4 / 7),
     ("The liver and the spleen.", "liver", 1.0, False, 1 / 2, (1 / 3, 0.0, 0.0, 0.0), 1 / 2),
     ("Liver", "the liver.", 1.0, True, 1.0, (1.0, 0.0, 0.0, 0.0), 1.0),
+    ("5.2 cm", "2.5 cm", 1 / 2, False, 1 / 2, (1 / 2, 0.0, 0.0, 0.0), 1 / 2),  # issue 16: all 1.0 before
     ("the cat sat on the mat", "a cat sat on the mat", 1.0, True, 1.0, (1.0, 1.0, 1.0, 1.0), 1.0),
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -123,9 +124,13 @@ def test_every_problem_is_collected_and_named(tmp_path: Path) -> None:
         record("mc", "Q?", answer="Liver", answer_type="choice"),
     ]
     path = write_records(tmp_path / "bad.json", records)
-    first = r"bad.json: sample 1 \(id 'type'\): field 'answer_type'.*'yesno'.*\(2 more problem"
-    with pytest.raises(AnnotationError, match=first):
+    with pytest.raises(AnnotationError) as info:
         load_questions(path)
+    lines = str(info.value).splitlines()  # every problem on its own line, in sample order
+    assert lines[0] == f"3 problem(s) in {path}:"
+    assert re.search(r"bad.json: sample 1 \(id 'type'\): field 'answer_type'.*'yesno'", lines[1])
+    assert "sample 2 (id 'none'): no reference answer" in lines[2]
+    assert "sample 3 (id 'mc'): multiple-choice question without an option letter" in lines[3]
     for rid, message in [("none", "no reference answer"), ("mc", "without an option letter")]:
         one = write_records(tmp_path / f"{rid}.json", [r for r in records if r["id"] == rid])
         with pytest.raises(AnnotationError, match=rf"{rid}.json: sample 0 \(id '{rid}'\): .*{message}"):

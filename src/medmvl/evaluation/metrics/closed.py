@@ -5,11 +5,28 @@ generated closed answers — "Yes, it is." or "The liver." are right when the qu
 or "liver"/"heart" — and LLaVA-Med's open recall is a plain token-set ratio. Both definitions are below.
 
 Definitions:
-    normalise(text): lowercase; every punctuation character (``string.punctuation``, so also a trailing
-        period) becomes a space; the text is split on whitespace; the articles ``a``, ``an``, ``the`` are
-        dropped as whole words unless every word is an article (so an option ``"A"`` survives); the words
-        are joined by one space. ``"The Liver."`` -> ``"liver"``, ``"an X-ray"`` -> ``"x ray"``,
-        ``"A"`` -> ``"a"``. docs/metrics.md has every definition with worked examples.
+    normalise(text): the text's words joined by one space. Words: lowercase; ``−`` (U+2212) and ``–``
+        (U+2013) read as ``-``, ``×`` as ``x``; then, left to right,
+        - a *number* is one word: digits with an optional decimal part (``2.5``, ``.5``), thousands
+          separators (a comma before each group of exactly three digits, ``1,200``), a sign ``-``/``+``
+          at the start of the text, after whitespace or after ``([{=:`` (``-3``), and a range or ratio
+          (two or more numbers joined by ``-`` or ``/`` with or without spaces, or by ``:`` without:
+          ``3-5``, ``3 - 5``, ``120/80``, ``1:2``). It is written canonically: no thousands separators,
+          no ``+``, no leading zeros, no trailing decimal zeros, ``0`` before a bare point, ``-0`` as
+          ``0``, ranges without spaces (``"1,200"`` -> ``1200``, ``"2.50"`` -> ``2.5``, ``"3 - 5"`` ->
+          ``3-5``);
+        - ``%`` is a word of its own (``"45%"`` -> ``45 %``), and so are the comparisons ``<``, ``>``,
+          ``≤`` (also ``<=``) and ``≥`` (also ``>=``);
+        - a run of letters (and other characters that are neither whitespace nor ASCII punctuation)
+          right after a number is a word of its own, the unit: ``"5mm"`` -> ``5 mm``;
+        - any other word is a run of such characters that does not start with a digit, with digits inside
+          it after a letter or digit (``t2``, ``b12``);
+        - every other ASCII punctuation character (``string.punctuation``; a sentence's ``.``, ``,``, ``?``;
+          a hyphen between letters) separates words and is dropped.
+        The articles ``a``, ``an``, ``the`` are then dropped as whole words unless every word is an
+        article (so an option ``"A"`` survives). ``"The Liver."`` -> ``"liver"``, ``"an X-ray"`` ->
+        ``"x ray"``, ``"A"`` -> ``"a"``, ``"5.2 cm"`` -> ``"5.2 cm"``, ``"-3 HU"`` -> ``"-3 hu"``.
+        docs/metrics.md has every definition with worked examples.
     closed_correct(prediction, answer, choices): true when ``normalise(prediction) ==
         normalise(answer)``, or when ``choices`` are given and the prediction *names exactly one* choice
         and that choice is the answer. A choice is named when its normalised words occur in the normalised
@@ -27,14 +44,53 @@ import re
 import string
 from collections.abc import Sequence
 
-_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 ARTICLES = frozenset({"a", "an", "the"})
 YES_NO = ("yes", "no")
 
+_UNICODE = str.maketrans({"\u2212": "-", "\u2013": "-", "\u00d7": "x"})
+_P = re.escape(string.punctuation)  # for character classes
+# an unsigned number: digits, thousands groups (exactly 3 digits, not followed by a 4th), decimals; or ".5"
+_NUMBER = r"(?:\d+(?:,\d{3}(?!\d))*(?:\.\d+)?|(?<![\w.])\.\d+)"
+_SIGN = r"(?:(?<![^\s(\[{=:])[+-])?"  # a sign only at the start, after whitespace or one of ([{=:
+_TOKEN = re.compile(
+    rf"(?P<number>{_SIGN}{_NUMBER}(?:(?:\s*[-/]\s*|:)[+-]?{_NUMBER})*)"
+    r"|(?P<compare><=|>=|[<>%\u2264\u2265])"
+    rf"|(?P<word>(?<=\d)[^\s{_P}\d]+|[^\s{_P}\d](?:[^\s{_P}\d]|(?<=[^\W_])\d)*)"
+)
+_FIRST = re.compile(rf"([+-]?)({_NUMBER})")
+_NEXT = re.compile(rf"\s*([-/:])\s*([+-]?)({_NUMBER})")
+_COMPARE = {"<=": "\u2264", ">=": "\u2265"}
+
+
+def _canonical_number(text: str) -> str:
+    """``"1,200"`` -> ``1200``, ``"+2.50"`` -> ``2.5``, ``"3 - -5"`` -> ``3--5`` (module docstring)."""
+    first = _FIRST.match(text)
+    parts = [("", first[1], first[2]), *_NEXT.findall(text, first.end())]
+    out = []
+    for joint, sign, digits in parts:
+        whole, _, frac = digits.replace(",", "").partition(".")
+        frac = frac.rstrip("0")
+        value = (whole.lstrip("0") or "0") + ("." + frac if frac else "")
+        out.append(joint + ("-" if sign == "-" and value != "0" else "") + value)
+    return "".join(out)
+
+
+def _words(text: str) -> list[str]:
+    """The words of ``text`` before articles are dropped: numbers, ``%`` and comparisons, words."""
+    found = []
+    for match in _TOKEN.finditer(text.lower().translate(_UNICODE)):
+        if match["number"] is not None:
+            found.append(_canonical_number(match["number"]))
+        elif match["compare"] is not None:
+            found.append(_COMPARE.get(match["compare"], match["compare"]))
+        else:
+            found.append(match["word"])
+    return found
+
 
 def normalise(text: str) -> str:
-    """Lowercase, punctuation to spaces, articles dropped, whitespace collapsed (see module docstring)."""
-    words = _PUNCT.sub(" ", text.lower()).split()
+    """The words of ``text`` (numbers whole), articles dropped, joined by one space (module docstring)."""
+    words = _words(text)
     kept = [w for w in words if w not in ARTICLES]
     return " ".join(kept if kept else words)
 

@@ -1,8 +1,9 @@
 """Free-text answer metrics: token F1 (SQuAD), BLEU-1..4 and ROUGE-L (torchmetrics) on normalised words.
 
 Every metric here compares ``normalise(prediction).split()`` with ``normalise(reference).split()``
-(``closed.normalise``: lowercase, punctuation to spaces, articles dropped), so "The liver." and "liver"
-are the same answer for all of them. BLEU and ROUGE-L are torchmetrics' implementations fed those words
+(``closed.normalise``: lowercase, numbers as single words — ``2.5``, ``-3``, ``1200``, ``3-5`` —, ``%``
+and glued units as words of their own, other punctuation dropped, articles dropped), so "The liver." and
+"liver", "5mm" and "5 mm" are the same answer for all of them and "5.2 cm" and "2.5 cm" are not. BLEU and ROUGE-L are torchmetrics' implementations fed those words
 (identity normaliser, whitespace tokenizer), one question at a time: MedM-VL and LLaVA-Med both average
 sentence scores over questions, and so does ``evaluation.report``. Definitions with worked examples:
 docs/metrics.md.
