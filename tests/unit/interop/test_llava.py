@@ -1,8 +1,9 @@
 """HF Llava export: transformers loads the folder with no custom code and answers like medmvl.
 
 Two tiny models (CLIP with CLS dropped at the penultimate layer, SigLIP at the last) are exported; then
-``AutoModelForImageTextToText`` + ``AutoProcessor`` (offline, local folder) must give medmvl's logits on
-an image + question and the same greedy answer. Models Llava cannot hold are refused before any file is
+``AutoModelForImageTextToText`` + ``AutoProcessor`` (offline, local folder) must give medmvl's pixels and
+logits on an image + question and the same greedy answer, for images at the encoder's size and for others
+it must resize (other sizes, aspect ratios, grey). Models Llava cannot hold are refused before any file is
 written.
 """
 
@@ -34,6 +35,7 @@ VARIANTS = {
     "clip_patch": CLIP,
     "clip_cls_depth1": [*CLIP[:2], "encoder.select_feature=cls_patch", "connector.depth=1"],
     "siglip": ["encoder.select_layer=-1"],
+    "siglip_bicubic": ["encoder.select_layer=-1", "+encoder.resample=bicubic"],  # a hub checkpoint's filter
 }
 QUESTION = "What colour is this?"
 
@@ -54,11 +56,22 @@ def _model(variant: str) -> MedVLM:
     return copy.deepcopy(model, memo={id(model.tokenizer): model.tokenizer})  # tokenizer shared, read-only
 
 
-@pytest.fixture
-def image(tmp_path: Path) -> Path:
+IMAGES = {  # (h, w, channels): the encoder's size, and sizes and aspect ratios it must resize
+    "32x32_rgb": (32, 32, 3),
+    "37x53_rgb": (37, 53, 3),
+    "300x200_grey": (300, 200, 1),
+}
+
+
+@pytest.fixture(params=list(IMAGES))
+def image(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    h, w, c = IMAGES[request.param]
     rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:h, 0:w]
+    smooth = 127 + 120 * np.sin(xx / 3.0)[..., None] * np.cos(yy / 5.0)[..., None]  # edges to resample
+    pixels = np.clip(smooth + rng.integers(-40, 41, (h, w, c)), 0, 255).astype(np.uint8)
     path = tmp_path / "img.png"
-    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)  # the encoder's size
+    Image.fromarray(pixels[..., 0] if c == 1 else pixels).save(path)
     return path
 
 
@@ -82,13 +95,14 @@ def test_llava_export_matches_medmvl(variant: str, image: Path, tmp_path: Path) 
     prompt = gen.prompt(as_sample((str(image), QUESTION)))
     pixels = prompt["pixel_values"]  # [1, c, h, w]
     assert inputs["input_ids"][0].tolist() == prompt["input_ids"].tolist()  # same prompt and image tokens
-    torch.testing.assert_close(inputs["pixel_values"], pixels, atol=1e-5, rtol=0)
-
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     with torch.no_grad():
         ours = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)["logits"]
         theirs = hf(**inputs).logits
-    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+    pixel_delta = float((inputs["pixel_values"] - pixels).abs().max())
+    logit_delta = float((theirs - ours).abs().max())
+    deltas = f"max |delta| pixels {pixel_delta:.4g}, logits {logit_delta:.4g}"
+    assert pixel_delta <= 1e-6 and logit_delta <= 1e-5, f"exported processor + Llava vs medmvl: {deltas}"
 
     ours_text = gen.answer(str(image), QUESTION, max_new_tokens=8)
     new = hf.generate(**inputs, max_new_tokens=8, do_sample=False)[0, ids.shape[1] :]

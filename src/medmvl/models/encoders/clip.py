@@ -10,6 +10,7 @@ class ClipEncoder(HfVisionEncoder):
 
     model_class = CLIPVisionModel
     config_class = CLIPVisionConfig
+    processor_class = "CLIPImageProcessor"
     has_cls = True
     default_mean = (0.48145466, 0.4578275, 0.40821073)
     default_std = (0.26862954, 0.26130258, 0.27577711)

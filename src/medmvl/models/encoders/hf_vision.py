@@ -26,11 +26,16 @@ class HfVisionEncoder(VisionEncoder):
         select_feature: ``patch`` (patch tokens) or ``cls_patch`` (CLS token + patches; CLIP only).
         image_mean: per-channel mean; ``None`` takes the checkpoint's image processor or the family default.
         image_std: per-channel std, same rule.
+        resample: the resize filter of the 8-bit image (a ``PILImageResampling`` name: ``bicubic``,
+            ``bilinear``...); ``None`` takes the checkpoint's image processor, else ``bilinear`` (from-scratch
+            towers, and saved models rebuilt from their config).
+        rescale_factor: 8-bit -> float scale before the normalisation; ``None``: the checkpoint's, else 1/255.
         dtype: parameter dtype when loading (``float32``, ``bfloat16``...).
         attn_implementation: ``sdpa`` | ``eager`` | ``flash_attention_2``.
     """
 
     model_class: ClassVar[type[PreTrainedModel]]
+    processor_class: ClassVar[str]  # the family's transformers image processor (its preprocessing)
     config_class: ClassVar[type[PretrainedConfig]]
     has_cls: ClassVar[bool]
     default_mean: ClassVar[tuple[float, float, float]]
@@ -45,6 +50,8 @@ class HfVisionEncoder(VisionEncoder):
         select_feature: Literal["patch", "cls_patch"] = "patch",
         image_mean: tuple[float, ...] | None = None,
         image_std: tuple[float, ...] | None = None,
+        resample: str | None = None,
+        rescale_factor: float | None = None,
         dtype: str = "float32",
         attn_implementation: str = "sdpa",
     ) -> None:
@@ -69,7 +76,7 @@ class HfVisionEncoder(VisionEncoder):
                 **overrides,
             )
         vcfg = self.model.config
-        mean, std = self._processor_stats(name_or_path)
+        stats = self._processor_settings(name_or_path)
         self.select_layer = select_layer
         self.select_feature = select_feature
         self.out_dim = vcfg.hidden_size
@@ -78,19 +85,39 @@ class HfVisionEncoder(VisionEncoder):
         self.grid = (side, side)
         self.preprocess = {
             "image_size": (vcfg.image_size, vcfg.image_size),
-            "image_mean": tuple(image_mean or mean),
-            "image_std": tuple(image_std or std),
+            "image_mean": tuple(image_mean or stats["mean"]),
+            "image_std": tuple(image_std or stats["std"]),
             "channels": vcfg.num_channels,
         }
+        if vcfg.num_channels == 3:  # the HF processor gives RGB; ImageTransform and the Llava export run it
+            self.preprocess["hf_processor"] = {
+                "class": self.processor_class,
+                "resample": str(resample or stats["resample"]).lower(),
+                "rescale_factor": float(rescale_factor or stats["rescale_factor"]),
+            }
 
-    def _processor_stats(self, name_or_path: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    def _processor_settings(self, name_or_path: str | None) -> dict[str, Any]:
+        """Mean, std, resample and rescale factor of the checkpoint's image processor, else the defaults."""
+        defaults = {
+            "mean": self.default_mean,
+            "std": self.default_std,
+            "resample": "bilinear",  # medmvl's resize for towers without a processor of their own
+            "rescale_factor": 1 / 255,
+        }
         if name_or_path is None:
-            return self.default_mean, self.default_std
+            return defaults
         try:
             from transformers import AutoImageProcessor
+            from transformers.image_utils import PILImageResampling
 
             proc = AutoImageProcessor.from_pretrained(name_or_path)
-            return tuple(proc.image_mean), tuple(proc.image_std)
+            resample = getattr(proc, "resample", None)
+            return {
+                "mean": tuple(proc.image_mean),
+                "std": tuple(proc.image_std),
+                "resample": PILImageResampling(int(resample)).name if resample is not None else "bilinear",
+                "rescale_factor": float(proc.rescale_factor) if getattr(proc, "do_rescale", True) else 1.0,
+            }
         except (OSError, ValueError) as err:
             log.warning(
                 "no image processor config for %s (%s): using %s defaults",
@@ -98,7 +125,7 @@ class HfVisionEncoder(VisionEncoder):
                 err,
                 type(self).__name__,
             )
-            return self.default_mean, self.default_std
+            return defaults
 
     @property
     def num_tokens(self) -> int:
@@ -114,7 +141,7 @@ class HfVisionEncoder(VisionEncoder):
 
     def export_config(self) -> dict[str, Any]:
         cls = type(self)
-        return {
+        out = {
             "_target_": f"{cls.__module__}.{cls.__qualname__}",
             "name_or_path": None,
             "config": self.model.config.to_diff_dict(),
@@ -123,3 +150,7 @@ class HfVisionEncoder(VisionEncoder):
             "image_mean": list(self.preprocess["image_mean"]),
             "image_std": list(self.preprocess["image_std"]),
         }
+        hf = self.preprocess.get("hf_processor")
+        if hf is not None:  # the checkpoint's resize settings survive a rebuild without the checkpoint
+            out.update(resample=hf["resample"], rescale_factor=hf["rescale_factor"])
+        return out

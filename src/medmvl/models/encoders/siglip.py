@@ -10,6 +10,7 @@ class SiglipEncoder(HfVisionEncoder):
 
     model_class = SiglipVisionModel
     config_class = SiglipVisionConfig
+    processor_class = "SiglipImageProcessor"
     has_cls = False
     default_mean = (0.5, 0.5, 0.5)
     default_std = (0.5, 0.5, 0.5)
