@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 import medmvl.cli.train  # noqa: F401
 import medmvl.data.datamodule  # noqa: F401
 import medmvl.training.callbacks  # noqa: F401
+import medmvl.training.module  # noqa: F401
 from medmvl.models.llm import tokenizer
 from tests.conftest import compose_train
 

@@ -1,7 +1,9 @@
-"""infer.py end to end on a saved tiny model: one question, a file, resuming a file, clear errors."""
+"""infer.py end to end on a saved tiny model: one question, a file, resuming a file, refusing to resume another
+model's file, clear errors."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,7 +13,10 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from medmvl.cli.infer import infer
+from medmvl.data.schema import AnnotationError
+from medmvl.evaluation.predictions import load_predictions
 from medmvl.inference import Generator
+from medmvl.inference.batch import meta_path
 from medmvl.inference.loading import resolve_model_path
 from medmvl.models.vlm import MedVLM
 from tests.conftest import CONF_DIR, run_entry
@@ -63,11 +68,11 @@ def test_file_inference_appends_answers_and_resumes(
     assert infer(compose_infer(overrides)) == str(output)
     rows = json.loads(output.read_text())
     assert [r["id"] for r in rows] == ["a", "b", "c"]
-    assert rows[0]["answer"] == "yes" and rows[1]["answer"] == "CT" and "answer" not in rows[2]
+    assert rows[0]["answer"] == "yes" and rows[1]["answer"] == "CT" and rows[2]["answer"] is None
     for row, rec in zip(rows, first):
-        human, gpt = row["conversations"]
-        assert human == rec["conversations"][0] and gpt["from"] == "gpt" and gpt["value"]
-        assert row.get("image") == rec.get("image")
+        *given, gpt = row["conversations"]
+        assert given == rec["conversations"] and gpt == {"from": "gpt", "value": row["prediction"]}
+        assert gpt["value"] and row.get("image") == rec.get("image")
 
     seen: list[str] = []
     original = Generator.generate
@@ -84,6 +89,40 @@ def test_file_inference_appends_answers_and_resumes(
     resumed = json.loads(output.read_text())
     assert [r["id"] for r in resumed] == ["a", "b", "d", "c"]
     assert resumed[:2] == rows[:2] and resumed[3] == rows[2]
+
+
+def test_another_models_output_is_not_resumed(
+    saved_model: Path, saved_model_3d: Path, image_dir: Path, tmp_path: Path
+) -> None:
+    """Rerunning with ``output=`` at a file another model wrote refuses, naming what differs; overwrite=true
+    answers afresh. The file records the resolved model folder (a run folder's model/) and its weights' hash."""
+    ann = write_records(tmp_path / "test.json", [record("a", "Is it a CT?", "0.png", answer="yes")])
+    output = tmp_path / "pred.json"
+    common = [
+        f"data.annotations={ann}",
+        f"data.image_dir={image_dir}",
+        f"output={output}",
+        "max_new_tokens=4",
+    ]
+    infer(compose_infer([f"model={saved_model_3d.parent}", *common]))
+    before = output.read_text()
+    meta = json.loads(meta_path(output).read_text())
+    digest = hashlib.sha256((saved_model_3d / "model.safetensors").read_bytes()).hexdigest()
+    assert meta["model"] == {
+        "path": str(saved_model_3d.resolve()),
+        "weights": {"model.safetensors": f"sha256:{digest}"},
+    }
+    assert meta["prompt"]["format"] == "chat" and meta["generation"]["max_new_tokens"] == 4
+    with pytest.raises(
+        AnnotationError,
+        match=r"(?s)pred\.json.*model\.weights\[model\.safetensors\]: sha256:.*overwrite=true",
+    ):
+        infer(compose_infer([f"model={saved_model}", *common]))
+    assert output.read_text() == before
+    infer(compose_infer([f"model={saved_model}", *common, "overwrite=true"]))
+    assert json.loads(meta_path(output).read_text())["model"]["path"] == str(saved_model.resolve())
+    (row,) = load_predictions([output])
+    assert row.reference == "yes" and row.prediction == json.loads(output.read_text())[0]["prediction"]
 
 
 def test_not_a_model_folder_is_a_clear_error(tmp_path: Path, saved_model: Path) -> None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import csv
+import shlex
+import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from medmvl.cli.train import train
 from medmvl.interop.serialization import from_pretrained
 from medmvl.models.build import build_model
-from tests.conftest import compose_train, run_entry
+from tests.conftest import ROOT, compose_train, run_entry
+from tests.helpers.colour import write_colour_set
 
 
 def _losses(run_dir: Path) -> list[float]:
@@ -119,3 +123,34 @@ def test_recipe_without_its_start_model_stops_before_building(tmp_path: Path) ->
     assert out.returncode == 2 and "init_from: give init_from=<model folder>" in out.stderr, out.stderr[
         -2000:
     ]
+
+
+def _readme_toy_command() -> list[str]:
+    """The overrides of the README's toy-size command (the command after ``# the same stack at toy size``)."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# the same stack at toy size"))
+    command = ""
+    for line in [line for line in lines[start + 1 :] if not line.startswith("#")]:
+        command += line.rstrip("\\").strip() + " "
+        if not line.endswith("\\"):
+            break
+    words = shlex.split(command)
+    assert words[:2] == ["python", "train.py"], command
+    return words[2:]
+
+
+@pytest.mark.slow
+def test_readme_toy_command_visibly_learns(tmp_path: Path) -> None:
+    """The README's toy command on a toy set (8 colour images): the training loss falls from ln(vocabulary)
+    to well under 1."""
+    ann = write_colour_set(tmp_path / "data")
+    paths = {"train.json": str(ann), "imgs/": str(tmp_path / "data" / "imgs")}
+    args = [k + "=" + paths.get(v, v) for k, _, v in (a.partition("=") for a in _readme_toy_command())]
+    assert any(a.startswith("data.annotations=") for a in args) and str(ann) in " ".join(args)
+    run = tmp_path / "run"
+    start = time.monotonic()
+    train(compose_train([*args, "callbacks.rich_progress_bar=null"], output_dir=run))
+    seconds = time.monotonic() - start
+    losses = _losses(run)
+    assert len(losses) >= 10, losses
+    assert losses[0] > 10 and losses[-1] < 1.0, f"loss {losses[0]:.3f} -> {losses[-1]:.3f} in {seconds:.0f} s"

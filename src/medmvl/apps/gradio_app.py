@@ -1,16 +1,20 @@
 """Gradio demo: upload a 2D image or a 3D volume, look at it, and talk with a saved MedVLM about it.
 
-The page: a file box (2D PNG/JPEG/DICOM, 3D NIfTI/.npy/zipped DICOM series; type and size checked with
-a message that says what is wrong), the image or three slice views of the volume (axial, coronal,
-sagittal) with one slider each, a multi-turn chat, and temperature / max-new-tokens controls. Each
-browser session keeps its own scan and conversation (``gr.State``); a new upload starts a new
-conversation. The model is asked exactly as ``infer.py`` asks it (``Generator``): the first question
-gets the scan's placeholder (``<image>`` or ``<image3d>``), later turns carry the model's own answers.
+The page: a file box offering only the kinds the loaded model has a tower for (2D PNG/JPEG/DICOM, 3D
+NIfTI/.npy/zipped DICOM series; type and size checked with a message that says what is wrong), the image
+or three slice views of the volume (axial, coronal, sagittal) with one slider each, a multi-turn chat, and
+temperature / max-new-tokens controls. Each browser session keeps its own scan and conversation
+(``gr.State``); a new upload starts a new conversation. The model is asked exactly as ``infer.py`` asks it
+(``Generator``): the first question gets the scan's placeholder (``<image>`` or ``<image3d>``), later turns
+carry the model's own answers.
 
 Offline and private by construction: gradio's analytics and version check are off
 (``GRADIO_ANALYTICS_ENABLED=False``, also set by :func:`disable_telemetry`), the default theme uses
 local fonts, no share link is ever made, server-side rendering (a Node server) is off, and uploads live
-in one temporary folder (``GRADIO_TEMP_DIR``) that ``python demo.py`` removes on exit.
+in one folder (``GRADIO_TEMP_DIR``) that ``python demo.py`` makes and removes when it stops
+(:mod:`medmvl.apps.uploads`). A file of a kind the model does not serve is refused before it is stored
+(:class:`~medmvl.apps.uploads.UploadGate`, passed to ``launch`` by ``medmvl.cli.demo``); one refused for
+its contents is deleted at once. Refusals are messages on the page, never server tracebacks.
 
 API (``gradio_client``): ``/upload(file)``, ``/ask(question, temperature, max_new_tokens)`` and
 ``/clear()``; the scan and the conversation are session state, so one ``Client`` is one conversation.
@@ -27,7 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medmvl.apps.scans import ACCEPTED, PLANES, SUFFIXES_2D, SUFFIXES_3D, Scan, UploadError, open_scan
+from medmvl.apps.scans import (
+    KINDS,
+    PLANES,
+    Kind,
+    Scan,
+    UploadError,
+    accepted,
+    file_types,
+    open_scan,
+    towers,
+)
+from medmvl.apps.uploads import forget_upload
 from medmvl.apps.viewer import ScanViewer, build_viewer, scan_views, slice_update, viewer_updates
 from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN, Sample, Turn
 from medmvl.inference.generator import Generator
@@ -73,6 +88,15 @@ class DemoSettings:
     scan: str | None = None
 
 
+def served_kinds(generator: Any) -> tuple[Kind, ...]:
+    """The kinds of scan ``generator``'s model has a tower for: ``("2d",)``, ``("2d", "3d")``, ..."""
+    readers = {
+        "2d": getattr(generator, "transform", None),
+        "3d": getattr(generator, "volume_transform", None),
+    }
+    return tuple(k for k in KINDS if readers[k] is not None)
+
+
 def sample_for(session: Session, question: str) -> Sample:
     """The conversation so far plus ``question``; the first question carries the scan's placeholder."""
     scan = session.scan
@@ -108,41 +132,42 @@ class DemoHandlers:
     def __init__(self, generator: Generator, settings: DemoSettings) -> None:
         self.generator = generator
         self.settings = settings
-        self.kinds = {"2d": generator.transform is not None, "3d": generator.volume_transform is not None}
-        served = [name for name, kind in (("2D images", "2d"), ("3D volumes", "3d")) if self.kinds[kind]]
-        self.towers = " and ".join(served) or "text only"  # what the model answers about, in words
-        self.file_types = [
-            *(SUFFIXES_2D if self.kinds["2d"] else ()),
-            *(SUFFIXES_3D if self.kinds["3d"] else ()),
-        ]
+        self.kinds = served_kinds(generator)
+        self.towers = towers(self.kinds)  # what the model answers about, in words
+        self.accepted = accepted(self.kinds)
+        self.file_types = file_types(self.kinds)
+        self.label = "Scan ({})".format(
+            " or ".join({"2d": "2D image", "3d": "3D volume"}[k] for k in self.kinds) or "none accepted"
+        )
 
     def open_upload(self, path: str) -> Scan:
-        """Check and open an uploaded file.
+        """Check and open an uploaded file; its type is checked against the model's towers first (a
+        refused kind is neither read nor unpacked).
 
         Raises:
             UploadError: the file is refused (type, size, contents) or the model has no tower for its kind.
         """
         settings = self.settings
-        scan = open_scan(
+        return open_scan(
             path,
             work_dir=settings.upload_dir,
             max_bytes=int(settings.max_upload_mb * 2**20),
             max_unzipped_bytes=int(settings.max_unzipped_mb * 2**20),
+            kinds=self.kinds,
         )
-        if not self.kinds[scan.kind]:
-            raise UploadError(
-                f"{scan.name}: this model answers about {self.towers}, not {scan.kind.upper()} scans."
-            )
-        return scan
 
     def upload(self, path: str | None, session: Session | None) -> tuple[Any, ...]:
-        """A new upload (or a cleared file box): a new conversation about it and its views."""
+        """A new upload (or a cleared file box): a new conversation about it and its views.
+
+        A refused file is deleted from the upload folder and the page shows why (no server traceback).
+        """
         import gradio as gr
 
         try:
             scan = self.open_upload(path) if path else None
         except UploadError as err:
-            raise gr.Error(str(err), title="Upload refused") from err
+            forget_upload(path, self.settings.upload_dir)
+            raise gr.Error(str(err), title="Upload refused", print_exception=False) from err
         return (Session(scan), *viewer_updates(scan), [])
 
     def slice_handler(self, plane: str) -> Callable[[float, Session | None], Any]:
@@ -162,7 +187,7 @@ class DemoHandlers:
         session = session or Session()
         question = (question or "").strip()
         if not question:
-            raise gr.Error("Type a question first.", title="Empty question")
+            raise gr.Error("Type a question first.", title="Empty question", print_exception=False)
         answer = self.generator.generate(
             [sample_for(session, question)],
             temperature=float(temperature),
@@ -204,19 +229,20 @@ def build_app(generator: Generator, settings: DemoSettings) -> Any:
     start = scan_views(first)
     with gr.Blocks(title=settings.title, analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as app:
         session = gr.State(Session(first))
-        gr.Markdown(_introduction(settings, handlers.towers))
+        gr.Markdown(_introduction(settings, handlers))
         with gr.Row():
-            viewer = build_viewer(handlers.file_types, start)
+            viewer = build_viewer(handlers.file_types, start, label=handlers.label)
             chat = _chat_column(settings)
         _wire_events(handlers, session, viewer, chat)
     return app
 
 
-def _introduction(settings: DemoSettings, towers: str) -> str:
-    """The page's heading and what it accepts."""
+def _introduction(settings: DemoSettings, handlers: DemoHandlers) -> str:
+    """The page's heading and what it accepts (only the kinds the model serves)."""
     return (
-        f"# {settings.title}\nUpload a scan, then ask about it. This model answers about {towers}. "
-        f"Accepted: {ACCEPTED}; up to {settings.max_upload_mb:g} MB. Research demo, not for clinical use."
+        f"# {settings.title}\nUpload a scan, then ask about it. This model answers about {handlers.towers}. "
+        f"Accepted: {handlers.accepted}; up to {settings.max_upload_mb:g} MB. Research demo, not for "
+        "clinical use."
     )
 
 

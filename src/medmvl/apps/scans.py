@@ -14,6 +14,8 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,11 +30,33 @@ from medmvl.data.volumes import DEFAULT_HU_WINDOW, check_volume, detect_intensit
 
 SUFFIXES_2D = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 SUFFIXES_3D = (".nii", ".nii.gz", ".npy", ".zip")
-ACCEPTED = (
-    "2D: PNG, JPEG or DICOM (.dcm); 3D: NIfTI (.nii, .nii.gz), NumPy (.npy) or a zipped DICOM series (.zip)"
-)
-PLANES = ("axial", "coronal", "sagittal")
 Kind = Literal["2d", "3d"]
+KINDS: tuple[Kind, ...] = ("2d", "3d")
+SUFFIXES: dict[Kind, tuple[str, ...]] = {"2d": SUFFIXES_2D, "3d": SUFFIXES_3D}
+_TYPES: dict[Kind, str] = {
+    "2d": "2D: PNG, JPEG or DICOM (.dcm)",
+    "3d": "3D: NIfTI (.nii, .nii.gz), NumPy (.npy) or a zipped DICOM series (.zip)",
+}
+_TOWERS: dict[Kind, str] = {"2d": "2D images", "3d": "3D volumes"}
+PLANES = ("axial", "coronal", "sagittal")
+
+
+def accepted(kinds: Sequence[Kind] = KINDS) -> str:
+    """The file types of ``kinds`` in words, e.g. ``2D: PNG, JPEG or DICOM (.dcm)``."""
+    return "; ".join(_TYPES[k] for k in kinds) or "no scans (this model answers text-only questions)"
+
+
+def file_types(kinds: Sequence[Kind] = KINDS) -> list[str]:
+    """The file name suffixes of ``kinds`` (what the page's file box accepts)."""
+    return [suffix for k in kinds for suffix in SUFFIXES[k]]
+
+
+def towers(kinds: Sequence[Kind]) -> str:
+    """What a model with ``kinds`` answers about, in words: ``2D images and 3D volumes``, ``text only``."""
+    return " and ".join(_TOWERS[k] for k in kinds) or "text only"
+
+
+ACCEPTED = accepted()
 
 
 class UploadError(ValueError):
@@ -71,15 +95,24 @@ class Scan:
         return f"{self.name}: 3D volume {d} x {h} x {w} voxels of {sd:.2g} x {sh:.2g} x {sw:.2g} mm"
 
 
-def scan_kind(name: str) -> Kind:
-    """``2d`` or ``3d`` from the file name; raises ``UploadError`` for any other type."""
+def scan_kind(name: str, kinds: Sequence[Kind] = KINDS) -> Kind:
+    """``2d`` or ``3d`` from the file name alone (nothing is read).
+
+    Raises:
+        UploadError: Any other type, or a kind not in ``kinds`` (those the model has a tower for); the
+            message lists the types of ``kinds``.
+    """
     lower = name.lower()
-    if lower.endswith(SUFFIXES_2D):
-        return "2d"
-    if lower.endswith(SUFFIXES_3D):
-        return "3d"
-    suffix = "".join(Path(lower).suffixes[-2:]) or "no extension"
-    raise UploadError(f"{name}: file type '{suffix}' is not accepted. Upload {ACCEPTED}.")
+    kind = next((k for k in KINDS if lower.endswith(SUFFIXES[k])), None)
+    if kind is None:
+        suffix = "".join(Path(lower).suffixes[-2:]) or "no extension"
+        raise UploadError(f"{name}: file type '{suffix}' is not accepted. Upload {accepted(kinds)}.")
+    if kind not in kinds:
+        raise UploadError(
+            f"{name}: this model answers about {towers(kinds)}, not {kind.upper()} scans. "
+            f"Upload {accepted(kinds)}."
+        )
+    return kind
 
 
 def open_scan(
@@ -90,8 +123,12 @@ def open_scan(
     max_bytes: int,
     max_unzipped_bytes: int,
     max_display: int = 256,
+    kinds: Sequence[Kind] = KINDS,
 ) -> Scan:
     """Check an uploaded file and read it for display (a ``.zip`` is unpacked under ``work_dir``).
+
+    The type (from the name) is checked first, against ``kinds``: a refused type is neither read nor
+    unpacked.
 
     Args:
         path: The uploaded file.
@@ -100,26 +137,31 @@ def open_scan(
         max_bytes: Largest accepted upload.
         max_unzipped_bytes: Largest total size of a zip's members.
         max_display: Longest side of the stored display volume (strided down beyond it).
+        kinds: The kinds accepted (those the model has a tower for).
 
     Raises:
-        UploadError: Wrong type, too large, unsafe or unusable zip, unreadable image or volume.
+        UploadError: Wrong type (or a kind not in ``kinds``), too large, unsafe or unusable zip,
+            unreadable image or volume.
     """
     path = Path(path)
     name = name or path.name
-    kind = scan_kind(name)
+    kind = scan_kind(name, kinds)
     size = path.stat().st_size
     if size > max_bytes:
         raise UploadError(f"{name} is {size / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB.")
+    unpacked: Path | None = None
     try:
         if kind == "2d":
             return Scan("2d", str(path), name, load_image(path))  # [h, w, c]
         if name.lower().endswith(".zip"):
-            path = unzip_series(path, Path(work_dir), max_unzipped_bytes, name)
+            path = unpacked = unzip_series(path, Path(work_dir), max_unzipped_bytes, name)
         pixels, spacing = display_volume(path, max_display)
         return Scan("3d", str(path), name, pixels, spacing)
-    except UploadError:
-        raise
     except (OSError, ValueError) as err:  # ImageReadError / VolumeReadError are OSErrors
+        if unpacked is not None:  # a series that cannot be shown is not kept
+            shutil.rmtree(unpacked, ignore_errors=True)
+        if isinstance(err, UploadError):
+            raise
         raise UploadError(f"{name} cannot be read: {err}") from err
 
 
@@ -152,10 +194,14 @@ def unzip_series(path: Path, work_dir: Path, max_bytes: int, name: str) -> Path:
                 f"{name} must hold one DICOM series in one folder; it has files in {len(folders)} folders."
             )
         target = Path(_fresh_dir(work_dir, "series-"))
-        for m in members:
-            out = target / Path(m.filename).name
-            with archive.open(m) as src, out.open("wb") as dst:
-                shutil.copyfileobj(src, dst)
+        try:
+            for m in members:
+                out = target / Path(m.filename).name
+                with archive.open(m) as src, out.open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        except (OSError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as err:
+            shutil.rmtree(target, ignore_errors=True)  # nothing half-unpacked is kept
+            raise UploadError(f"{name} cannot be unpacked ({err}).") from err
     return target
 
 

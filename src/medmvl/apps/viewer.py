@@ -83,12 +83,17 @@ def slice_update(scan: Scan | None, plane: str, index: float) -> Any:
     return render_slice(scan, plane, int(index))
 
 
-def build_viewer(file_types: Sequence[str], start: dict[str, Any]) -> ScanViewer:
-    """Lay out the scan column showing ``start`` (a :func:`scan_views` result); call inside ``gr.Blocks``."""
+def build_viewer(
+    file_types: Sequence[str], start: dict[str, Any], label: str = "Scan (2D image or 3D volume)"
+) -> ScanViewer:
+    """Lay out the scan column showing ``start`` (a :func:`scan_views` result); call inside ``gr.Blocks``.
+
+    ``file_types``: the suffixes the file box offers (the browser refuses others before uploading).
+    """
     import gradio as gr
 
     with gr.Column(scale=5):
-        upload = gr.File(label="Scan (2D image or 3D volume)", file_types=list(file_types), type="filepath")
+        upload = gr.File(label=label, file_types=list(file_types), type="filepath")
         status = gr.Markdown(start["status"], elem_id="scan-status")
         image = gr.Image(
             start["image"],

@@ -1,16 +1,19 @@
 """``python infer.py ...`` / ``medmvl-infer ...``: answer one question, or every question of a file.
 
 One question prints the answer as the last line on stdout. A file (MedM-VL / LLaVA inference format) is
-written back record by record with the generated ``gpt`` turn appended (``medmvl.inference.batch``:
-``multi_turn=true`` answers every human turn; finished batches go to ``<output>.partial.jsonl`` at once
-and the JSON output is written at the end, also when interrupted; ids already answered are skipped, so a
-rerun resumes).
+written back record by record with the generated ``gpt`` turn appended and in a ``prediction`` field
+(``medmvl.inference.batch``: ``multi_turn=true`` answers every human turn; finished batches go to
+``<output>.partial.jsonl`` at once and the JSON output is written at the end, also when interrupted; ids
+already answered are skipped, so a rerun resumes). ``<output>.origin`` records the model (path and
+weights' sha256), prompt and generation settings; a rerun with others is refused, naming the difference,
+unless ``overwrite=true``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from medmvl.inference import loading
-from medmvl.inference.batch import answer_file
+from medmvl.inference.batch import answer_file, check_resume, generation_settings, model_origin
 from medmvl.inference.generator import Generator, as_sample
 from medmvl.inference.loading import LoadedModel
 
@@ -58,8 +61,16 @@ def build_generator(cfg: DictConfig) -> Generator:
     )
 
 
-def infer_file(generator: Generator, cfg: DictConfig, output: Path) -> Path:
-    """Answer every not-yet-answered record of ``cfg.data.annotations`` into ``output`` (with a progress bar)."""
+def infer_file(
+    generator: Generator, cfg: DictConfig, output: Path, *, model: Mapping[str, Any] | None = None
+) -> Path:
+    """Answer every not-yet-answered record of ``cfg.data.annotations`` into ``output`` (with a progress bar).
+
+    ``generator`` answers with the model of ``cfg.model``; the output records that model (resolved path,
+    weights' sha256; ``model``: a :func:`~medmvl.inference.batch.model_origin` already computed), the prompt
+    and the generation settings, and a rerun with others is refused unless ``cfg.overwrite`` (a config
+    without the key: false) starts afresh (:mod:`medmvl.inference.batch`).
+    """
     columns = (TextColumn("infer"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True)) as progress:
         task = progress.add_task("infer", total=None)
@@ -71,6 +82,8 @@ def infer_file(generator: Generator, cfg: DictConfig, output: Path) -> Path:
             generator,
             cfg.data.annotations,
             output,
+            model=model if model is not None else loading.resolve_model_path(cfg.model)[1],
+            overwrite=bool(cfg.get("overwrite", False)),
             multi_turn=cfg.multi_turn,
             text_only=cfg.text_only,
             image_dir=cfg.data.image_dir,
@@ -94,17 +107,29 @@ def infer(cfg: DictConfig) -> str:
         raise ValueError(
             "image=... / image3d=... need question=...; for a file use data.annotations and data.image_dir"
         )
-    generator = build_generator(cfg)
     if single:
         sample = as_sample((_paths(cfg.get("image")), cfg.question), images3d=_paths(cfg.get("image3d")))
         kwargs = generation_kwargs(cfg) | {"text_only": cfg.text_only}
-        return generator.generate([sample], **kwargs)[0]
+        return build_generator(cfg).generate([sample], **kwargs)[0]
     output = (
         Path(cfg.output)
         if cfg.get("output")
         else Path(HydraConfig.get().runtime.output_dir) / "predictions.json"
     )
-    return str(infer_file(generator, cfg, output))
+    model = check_output_before_loading(cfg, output)
+    return str(infer_file(build_generator(cfg), cfg, output, model=model))
+
+
+def check_output_before_loading(cfg: DictConfig, output: Path) -> dict[str, Any]:
+    """Refuse, before any weights load, to resume into an ``output`` made with other weights or generation
+    settings (the prompt settings are checked once the model is loaded); returns the model's recorded
+    origin (path, weights' sha256), hashed once for the run."""
+    model = model_origin(loading.resolve_model_path(cfg.model)[1])
+    if not cfg.get("overwrite", False):
+        kwargs = generation_kwargs(cfg) | {"text_only": cfg.text_only}
+        generation = generation_settings(multi_turn=cfg.multi_turn, **kwargs)
+        check_resume(output, {"model": model, "generation": generation})
+    return model
 
 
 def _container(node: Any) -> Any:

@@ -1,28 +1,35 @@
-"""``python train.py ...`` / ``medmvl-train ...``: compose the config, build the parts, fit, save."""
+"""``python train.py ...`` / ``medmvl-train ...``: compose the config, check the data, build the parts, fit, save.
+
+Errors come first and short: a required value left unset stops before anything is built (exit 2); the
+tokenizer is built and every annotation file checked (schema, media paths, token lengths) before the
+encoder and the LLM load, and a data error prints its problems (file, sample index, id, field, reason) as
+the last lines, without a traceback (exit 1; ``HYDRA_FULL_ERROR=1`` shows it); a model part that cannot be
+loaded names its id and the ``<key>.name_or_path=<folder>`` override; an unknown key (``data.batchsize=2``)
+adds the node's valid keys and the closest one to Hydra's message. torch, Lightning and transformers are
+imported only when a run starts, so ``--help`` and ``--cfg job`` return in about a second.
+"""
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from medmvl.interop.serialization import save_pretrained
-from medmvl.models.build import build_model
-from medmvl.training.distributed import unsharded_copy
-from medmvl.training.module import MedVLMModule
-from medmvl.training.preemption import PreemptionCheckpoint
-from medmvl.training.stages import apply_stage, merge_lora
+if TYPE_CHECKING:
+    import lightning as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger("medmvl.train")
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def _instantiate_all(node: DictConfig | None) -> list[Any]:
@@ -48,10 +55,31 @@ def _resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job described by a composed ``train.yaml`` config; returns its metrics."""
-    L.seed_everything(cfg.seed, workers=True)
+    """Run one training job described by a composed ``train.yaml`` config; returns its metrics.
+
+    Raises:
+        medmvl.data.schema.AnnotationError: the data has problems (found before any weights load).
+        medmvl.models.build.ModelSourceError: a part's ``name_or_path`` could not be loaded.
+    """
+    from medmvl.models.build import build_model, build_part, random_weight_parts
+    from medmvl.training.data_check import check_data
+
+    tokenizer = None
+    if not cfg.get("init_from"):  # the tokenizer first: the data is checked before any weights load
+        tokenizer = build_part(cfg, "llm.tokenizer")
+        check_data(cfg.data, tokenizer)
+
+    import lightning as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from medmvl.interop.serialization import save_pretrained
+    from medmvl.training.distributed import unsharded_copy
+    from medmvl.training.module import MedVLMModule
+    from medmvl.training.stages import merge_lora, random_weight_warnings
+
+    L.seed_everything(cfg.seed, workers=True)  # neither the tokenizer nor the check draws random numbers
     output_dir = Path(cfg.paths.output_dir)
-    model = build_model(cfg)
+    model = build_model(cfg, tokenizer=tokenizer)
     # plain dicts/lists (not DictConfig) in the data module's hparams keep checkpoints weights_only-loadable
     datamodule = instantiate(cfg.data, _convert_="all")(
         tokenizer=model.tokenizer,
@@ -59,11 +87,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         image_config=model.image_config,  # None without a 2D tower
         volume_config=model.volume_config,  # None without a 3D tower
     )
+    stage = OmegaConf.to_container(cfg.stage, resolve=True)
     module = MedVLMModule(
         model,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        stage=OmegaConf.to_container(cfg.stage, resolve=True),
+        stage=stage,
         nonfinite_loss=cfg.get("nonfinite_loss", "raise"),
         compile=bool(cfg.get("compile", False)),
     )
@@ -75,6 +104,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in trainer.loggers:  # every logger, e.g. logger=[csv,wandb]
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     ckpt_path = _resolve_ckpt(cfg.get("ckpt_path"), output_dir)
+    default_lr = cfg.optimizer.get("lr") if cfg.get("optimizer") else None
+    for message in random_weight_warnings(stage, random_weight_parts(cfg), default_lr):
+        log.warning("%s", message)  # last before training, so it is not scrolled away by the model build
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException as stop:  # SIGTERM/SIGUSR1: PreemptionCheckpoint wrote last.ckpt; no model export
@@ -101,6 +133,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _preempted(trainer: L.Trainer, stop: SIGTERMException) -> dict[str, Any]:
     """``{"stopped_by_signal": signum, "checkpoint": path}`` of a run a signal stopped (re-raise if unsaved)."""
+    from medmvl.training.preemption import PreemptionCheckpoint
+
     stopper = next((c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint)), None)
     if stopper is None or stopper.saved_to is None:
         raise stop
@@ -109,6 +143,8 @@ def _preempted(trainer: L.Trainer, stop: SIGTERMException) -> dict[str, Any]:
 
 def _with_stage(model: Any, stage: dict[str, Any]) -> Any:
     """``model`` with the training stage applied (LoRA wrappers), so a trained state dict loads into it."""
+    from medmvl.training.stages import apply_stage
+
     apply_stage(model, stage)
     return model
 
@@ -142,17 +178,118 @@ def missing_settings(cfg: DictConfig) -> str | None:
     )
 
 
+# at most this many of a data error's problems are printed (medmvl-data check lists every one)
+SHOWN_PROBLEMS = 20
+
+
+def short_error(err: BaseException) -> str | None:
+    """The few lines to print for a data error or a model part that could not be loaded, else None."""
+    from medmvl.data.schema import AnnotationError
+    from medmvl.models.build import ModelSourceError
+
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, (AnnotationError, ModelSourceError)):
+        cause = cause.__cause__
+    if isinstance(cause, ModelSourceError):
+        return f"train.py: {cause}"
+    if not isinstance(cause, AnnotationError):
+        return None
+    problems = [p for p in cause.problems if getattr(p, "severity", "error") == "error"]
+    if not problems:
+        return f"train.py: data error: {cause}"
+    shown = problems[:SHOWN_PROBLEMS]
+    count = f"{len(problems)} problem(s)" + (
+        f", the first {len(shown)}" if len(shown) < len(problems) else ""
+    )
+    return "\n".join(
+        [
+            f"train.py: the data has {count} (nothing was trained; data.on_error=skip drops such samples, "
+            "medmvl-data check <file> lists every problem):",
+            *(f"  {p}" for p in shown),
+        ]
+    )
+
+
+_task_started = False  # set once the Hydra task runs: a failure before it is Hydra's (composition)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point (console script ``medmvl-train`` and ``train.py``)."""
+def _hydra_main(cfg: DictConfig) -> None:
+    """The Hydra task: check the required settings, train, turn known errors into short messages."""
+    global _task_started
+    _task_started = True
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     problem = missing_settings(cfg)
     if problem:  # before anything is built or downloaded
         print(problem, file=sys.stderr)
         sys.exit(2)
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except Exception as err:
+        message = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else short_error(err)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        sys.exit(1)
     if "stopped_by_signal" in metrics:  # preempted: not finished, so not 0 (a job chain must not go on)
         sys.exit(128 + metrics["stopped_by_signal"])
+
+
+def main() -> None:
+    """Entry point (console script ``medmvl-train`` and ``train.py``): the Hydra main, and after a
+    composition error about an unknown key, that node's valid keys and the closest one."""
+    try:
+        _hydra_main()
+    except SystemExit as stop:
+        if stop.code not in (None, 0) and not _task_started:
+            hint = unknown_key_hint(sys.argv[1:])
+            if hint:
+                print(hint, file=sys.stderr)
+        raise
+
+
+def unknown_key_hint(argv: list[str]) -> str | None:
+    """For command-line overrides that set a key the config does not have: which key, the closest valid
+    one, and the valid keys of its node (last line); None when every key exists (or composition fails for
+    another reason)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
+
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    unknown: str | None = None
+    for _ in range(len(overrides) + 1):  # drop failing overrides until the rest composes
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                cfg = compose("train", overrides=overrides)
+            break
+        except ConfigCompositionException as err:
+            key = getattr(err.__cause__, "full_key", None)
+            bad = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] == key]
+            if not key or not bad or key.startswith("hydra."):
+                return None
+            unknown = unknown or key
+            overrides = [o for o in overrides if o not in bad]
+        except Exception:  # noqa: BLE001 - a hint is best effort; Hydra already said what failed
+            return None
+    else:
+        return None
+    GlobalHydra.instance().clear()
+    if unknown is None:
+        return None
+    parent, _, leaf = unknown.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig):
+        return None
+    keys = [str(k) for k in node.keys() if not str(k).startswith("_")]  # not _target_, _partial_
+    close = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.5)
+    name = parent or "the config"
+    first = f"{name} has no key {leaf!r}"
+    if close:
+        first += f": did you mean {(parent + '.' if parent else '') + close[0]}?"
+    first += f" (a new key on purpose: +{unknown}=...)"
+    return "\n".join([first, f"valid keys of {name}: {', '.join(keys)}"])
 
 
 if __name__ == "__main__":

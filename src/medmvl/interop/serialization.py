@@ -18,6 +18,7 @@ Only safetensors are read or written; nothing is unpickled. A MedM-VL checkpoint
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,9 @@ def save_pretrained(model: MedVLM, out_dir: str | Path, *, prompt: dict[str, Any
     adapter (``adapters/<name>/``); merge first (:func:`medmvl.training.stages.merge_lora`) to save one
     set of plain weights.
 
+    Every file gets the mode a new file gets (``0666 & ~umask``: ``0644`` under umask 022), the weights
+    included (safetensors creates them ``0600``).
+
     Args:
         model: the model.
         out_dir: target folder.
@@ -86,6 +90,7 @@ def save_pretrained(model: MedVLM, out_dir: str | Path, *, prompt: dict[str, Any
     for name, rel in config.get("adapters", {}).items():
         getattr(model, name).save_pretrained(str(out / rel), safe_serialization=True)
     model.tokenizer.save_pretrained(out / "tokenizer")
+    _honour_umask([out / WEIGHTS_NAME, *(out / ADAPTER_DIR).rglob("*.safetensors")])
     return out
 
 
@@ -170,6 +175,27 @@ def _attach_adapter(model: MedVLM, name: str, folder: Path, *, merge: bool) -> N
         raise FileNotFoundError(f"{folder}: the adapter of {name!r} named in {CONFIG_NAME} is missing")
     wrapped = PeftModel.from_pretrained(getattr(model, name), str(folder), is_trainable=False)
     setattr(model, name, wrapped.merge_and_unload() if merge else wrapped)
+
+
+def _honour_umask(paths: list[Path]) -> None:
+    """Give files written by safetensors (created ``0600``) the mode any new file gets: ``0666 & ~umask``."""
+    mode = 0o666 & ~_umask()
+    for path in paths:
+        if path.is_file():
+            os.chmod(path, mode)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux says it (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (the only portable way to read it)
+    os.umask(mask)
+    return mask
 
 
 def _is_peft(module: Any) -> bool:

@@ -1,9 +1,10 @@
-"""Callbacks that show what a run trains and what it answers, for whichever loggers the run has.
+"""Callbacks that show what a run trains, how it goes and what it answers, for whichever loggers it has.
 
-``TrainableParamsTable`` logs the per-component parameter table of the stage (``trainable_table``) once,
+``EpochSummary`` writes one plain line per training epoch to the log (loss, val loss, tokens/s, elapsed,
+ETA), so a batch job's log shows progress without a terminal. ``TrainableParamsTable`` logs the per-component parameter table of the stage (``trainable_table``) once,
 at the start of ``fit``. ``ValPredictionTable`` answers a few fixed validation samples with the model's own
 ``generate`` after each validation epoch, so a dashboard shows image, question, reference and prediction
-side by side as training goes on. Both go through :func:`medmvl.training.loggers.log_table` (a W&B table,
+side by side as training goes on. These two go through :func:`medmvl.training.loggers.log_table` (a W&B table,
 TensorBoard text and images); the predictions are also written to ``val_predictions/*.json`` in the run
 folder, so CSV-only runs keep them too.
 
@@ -14,9 +15,12 @@ the last supervised answer are exactly what ``generate`` must see, for 2D and 3D
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
+import math
 import re
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,88 @@ log = logging.getLogger(__name__)
 
 
 _PLACEHOLDERS = re.compile(f"(?:{re.escape(IMAGE3D_TOKEN)}|{re.escape(IMAGE_TOKEN)})\\s*")
+
+
+class EpochSummary(Callback):
+    """One plain log line at the end of every training epoch, whatever the terminal (a batch job's log gets
+    it as well as a console; the progress bar may print only once there)::
+
+        epoch 3/20 (step 6/40): loss 1.234, val loss 1.456, 1,234 tokens/s, elapsed 0:00:12, ETA 0:00:48
+
+    ``loss``: the mean training loss of the epoch's batches that trained (over every rank); ``val loss``: the
+    last validation of the epoch (left out without one); ``tokens/s``: the epoch's input tokens (every rank)
+    over its wall time, validation included; ``elapsed``: since this ``fit`` started; ``ETA``: the optimizer
+    steps left, at this fit's pace so far.
+    """
+
+    def __init__(self) -> None:
+        self._t_fit = self._t_epoch = 0.0
+        self._first_step = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._loss: torch.Tensor | float = 0.0  # summed on the device: no host sync per step
+        self._batches = 0
+        self._tokens: torch.Tensor | float = 0.0
+        self._val: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t_fit = time.monotonic()
+        self._first_step = trainer.global_step
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t_epoch = time.monotonic()
+        self._reset()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if not isinstance(loss, torch.Tensor):  # the step trained nothing (every sample skipped)
+            return
+        # Lightning divides the returned loss by the accumulation factor
+        self._loss = self._loss + loss.detach().float() * trainer.accumulate_grad_batches
+        self._batches += 1
+        if isinstance(batch, Mapping) and "attention_mask" in batch:
+            tokens = batch.get("num_input_tokens")  # counted on the host by the collators
+            self._tokens = self._tokens + (tokens if tokens is not None else batch["attention_mask"].sum())
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get("val/loss")
+        if not trainer.sanity_checking and value is not None:
+            self._val = float(value)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        totals = torch.tensor(
+            [float(self._loss), float(self._batches), float(self._tokens)], device=pl_module.device
+        )
+        if trainer.world_size > 1:
+            totals = trainer.strategy.reduce(totals, reduce_op="sum")
+        if trainer.is_global_zero:
+            log.info("%s", self.line(trainer, *(float(v) for v in totals.cpu())))
+
+    def line(self, trainer: L.Trainer, loss_sum: float, batches: float, tokens: float) -> str:
+        """The summary of the epoch ending now, from its totals over every rank."""
+        now = time.monotonic()
+        epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+        total = trainer.estimated_stepping_batches
+        step = trainer.global_step
+        where = f"epoch {trainer.current_epoch + 1}" + (f"/{epochs}" if epochs else "")
+        where += f" (step {step}" + (f"/{int(total)})" if math.isfinite(total) else ")")
+        parts = [f"loss {loss_sum / batches:.3f}" if batches else "no batch trained"]
+        if self._val is not None:
+            parts.append(f"val loss {self._val:.3f}")
+        parts.append(f"{tokens / max(now - self._t_epoch, 1e-9):,.0f} tokens/s")
+        parts.append(f"elapsed {_clock(now - self._t_fit)}")
+        done = step - self._first_step
+        if math.isfinite(total) and done > 0:
+            parts.append(f"ETA {_clock((now - self._t_fit) / done * max(total - step, 0))}")
+        return f"{where}: " + ", ".join(parts)
+
+
+def _clock(seconds: float) -> str:
+    """``H:MM:SS``."""
+    return str(datetime.timedelta(seconds=round(seconds)))
 
 
 class TrainableParamsTable(Callback):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -19,6 +20,10 @@ from medmvl.training.reproducibility import run_seed, seed_batch
 from medmvl.training.stages import apply_stage, render, stage_modes, trainable_table
 
 log = logging.getLogger(__name__)
+# MedVLMModule caps log_every_n_steps at an epoch's optimizer steps, with a line of its own
+warnings.filterwarnings(
+    "ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval"
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -43,7 +48,10 @@ class MedVLMModule(L.LightningModule):
 
     Samples the collator dropped (unreadable images under ``data.on_error=skip``; the batch's ``skipped``
     count) are summed over steps, DataLoader workers and ranks, logged per epoch as ``data/skipped`` and
-    ``data/val_skipped``, and reported at the end of each epoch.
+    ``data/val_skipped``, and reported at the end of each epoch. A step that trains nothing (every sample
+    dropped, or a non-finite loss skipped) logs no ``train/loss`` nor ``train/tokens_per_s`` (Lightning
+    would repeat the previous step's). ``trainer.log_every_n_steps`` above an epoch's optimizer steps is
+    lowered to them when training starts, so every epoch logs ``train/loss``.
     """
 
     def __init__(
@@ -71,6 +79,7 @@ class MedVLMModule(L.LightningModule):
         self.stage = {k: dict(v) for k, v in stage.items()}
         self.param_groups = apply_stage(model, self.stage)
         self._t_batch = 0.0
+        self._logged_loss = False  # whether this training step logged a loss (it trained)
         self.seed = run_seed()  # seeds each training batch (exact resume); restored from checkpoints
         self._description: dict[str, Any] | None = None
         self._loader_states: list[dict[str, Any]] = []
@@ -119,6 +128,7 @@ class MedVLMModule(L.LightningModule):
         )
 
     def on_train_start(self) -> None:
+        self._cap_log_interval()
         # Lightning 2.6 drops the saved loader positions when configure_optimizers reads
         # estimated_stepping_batches (Lightning issue #20550): hand them to the loaders here, before the first
         # batch is drawn (ResumableLoader starts its epoch lazily, at the first batch)
@@ -126,7 +136,26 @@ class MedVLMModule(L.LightningModule):
         if states:
             CombinedLoader(self.trainer.train_dataloader)._load_state_dicts(states)
 
+    def _cap_log_interval(self) -> None:
+        """``log_every_n_steps`` above an epoch's optimizer steps would log no ``train/loss`` on short epochs
+        (8 batches, interval 10): log at least once an epoch."""
+        trainer = self.trainer
+        batches = trainer.num_training_batches
+        if not isinstance(batches, int) or batches < 1:  # an iterable dataset of unknown length
+            return
+        steps = max(1, -(-batches // max(1, trainer.accumulate_grad_batches)))  # optimizer steps per epoch
+        if trainer.log_every_n_steps > steps:
+            log.info(
+                "trainer.log_every_n_steps=%d is more than the %d optimizer steps of an epoch: logging every "
+                "%d steps",
+                trainer.log_every_n_steps,
+                steps,
+                steps,
+            )
+            trainer.log_every_n_steps = steps
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._logged_loss = False
         # dropout draws from a seed of (run seed, batch index over the run): a resumed run draws the same
         seed_batch(self.seed, self.trainer.fit_loop.epoch_loop.total_batch_idx)
         self._t_batch = time.perf_counter()
@@ -171,6 +200,7 @@ class MedVLMModule(L.LightningModule):
             return None
         bsz = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz, sync_dist=True)
+        self._logged_loss = True
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -198,11 +228,25 @@ class MedVLMModule(L.LightningModule):
         return loss * (n_local * world / n_global.clamp(min=1))
 
     def on_train_batch_end(self, outputs: Any, batch: Mapping[str, Any] | None, batch_idx: int) -> None:
+        logged, self._logged_loss = self._logged_loss, False
+        if not logged:  # nothing trained (every sample skipped, or a non-finite loss skipped)
+            self._forget_step_metrics()
+            return
         dt = time.perf_counter() - self._t_batch
         if batch is not None and "attention_mask" in batch and dt > 0:
             # the collators count the tokens on the host; summing the mask on a GPU would wait for it
             tokens = float(batch.get("num_input_tokens") or batch["attention_mask"].sum())
             self.log("train/tokens_per_s", tokens / dt, batch_size=batch["input_ids"].shape[0])
+
+    def _forget_step_metrics(self) -> None:
+        """Clear the step values of ``train/loss`` and ``train/tokens_per_s`` for a step that trained
+        nothing: Lightning keeps each metric's last value and would log the previous step's loss again at
+        this step (its result collection is private; without one, there is nothing to clear)."""
+        results = getattr(self.trainer, "_results", None)
+        if results is None:
+            return
+        for fx in ("training_step", "on_train_batch_end"):
+            results.reset(metrics=False, fx=fx)
 
     def on_train_epoch_end(self) -> None:
         self._report("train", "data/skipped")

@@ -39,6 +39,7 @@ class PreemptionCheckpoint(L.Callback):
     SIGTERM bookkeeping and SLURM auto-requeue on SIGUSR1 still run) and restored when it ends. The
     checkpoint is written in ``on_train_batch_end``, the point where ``ModelCheckpoint`` saves every-N-step
     checkpoints, then :class:`RunPreempted` stops the fit; ``medmvl.cli.train`` exits with ``128 + signal``.
+    The step's metrics are logged before the save, so its ``metrics.csv`` row is there once after a resume.
     A signal during validation is acted on at the next training step; a SIGTERM that Lightning acts on first
     (it stops mid-validation) is saved from ``on_exception``.
 
@@ -86,8 +87,22 @@ class PreemptionCheckpoint(L.Callback):
     ) -> None:
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             return
+        self._log_step(trainer, pl_module, outputs, batch, batch_idx)
         path = self._save(trainer)
         raise RunPreempted(self.received or signal.SIGTERM, path)
+
+    @staticmethod
+    def _log_step(
+        trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Send this step's metrics to the loggers now. Lightning does that after every callback's
+        ``on_train_batch_end`` (after the LightningModule's own, which logs ``train/tokens_per_s``), which
+        the stop skips; the resumed run starts at the next step, so the step's row would never be written.
+        Lightning has no public call for it: its logger connector's, when there is one."""
+        pl_module.on_train_batch_end(outputs, batch, batch_idx)
+        connector = getattr(trainer, "_logger_connector", None)
+        if connector is not None:
+            connector.update_train_step_metrics()
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException

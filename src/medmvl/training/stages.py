@@ -77,6 +77,50 @@ def apply_stage(model: nn.Module, stage: Mapping[str, Mapping[str, Any]]) -> lis
     return groups
 
 
+# below this learning rate a part with random weights learns little in a short run (fine-tuning rates: 2e-5)
+SCRATCH_LR = 1e-4
+
+
+def random_weight_warnings(
+    stage: Mapping[str, Mapping[str, Any]], random_parts: Mapping[str, str], default_lr: float | None = None
+) -> list[str]:
+    """What to warn about when a stage would leave a part with random weights unable to learn.
+
+    Args:
+        stage: the stage config (as for :func:`apply_stage`).
+        random_parts: part -> why its weights are random (:func:`medmvl.models.build.random_weight_parts`).
+        default_lr: the optimizer's learning rate, for parts whose stage sets none.
+
+    Returns:
+        One message per such part: frozen (the LLM then reads fixed noise from a random encoder), LoRA
+        adapters on random base weights, or trained at a fine-tuning rate (< ``SCRATCH_LR``); each names
+        the override that trains it and the one that loads weights instead.
+    """
+    messages = []
+    for name, why in random_parts.items():
+        spec = _spec(stage, name)
+        mode, lr = spec.get("mode", "frozen"), spec.get("lr", default_lr)
+        own = dict(stage.get(name) or {})  # a key the stage does not have is added with Hydra's +
+        mode_key = ("" if "mode" in own else "+") + f"stage.{name}.mode"
+        fix = f"train it with {mode_key}=full, or use stage=scratch (every part trained at 1e-2)"
+        if mode == "frozen":
+            effect = "the LLM reads fixed noise in place of the image" if name != "llm" else "it cannot learn"
+            problem = f"stage.{name}.mode is frozen, which keeps it as it is: {effect}"
+        elif mode == "lora":
+            problem = f"stage.{name}.mode is lora, which trains adapters on random base weights"
+        elif lr is not None and float(lr) < SCRATCH_LR:
+            problem = f"it trains at lr {float(lr):g}, a fine-tuning rate: it learns little in a short run"
+            lr_key = ("" if "lr" in own else "+") + f"stage.{name}.lr"
+            fix = f"raise {lr_key} (e.g. 1e-3), or use stage=scratch (every part trained at 1e-2)"
+        else:
+            continue
+        messages.append(
+            f"{name} has random weights ({why}) and {problem}. To learn, {fix}; or load trained weights "
+            f"with {name}.name_or_path=<folder>."
+        )
+    return messages
+
+
 def _wrap_lora(module: nn.Module, name: str, lora: dict[str, Any]) -> nn.Module:
     """Wrap ``module`` in PEFT LoRA adapters (only the adapters are trainable)."""
     from peft import LoraConfig, get_peft_model

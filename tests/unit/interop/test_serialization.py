@@ -26,3 +26,21 @@ def test_roundtrip_logits_exact(tiny_model: MedVLM, tmp_path) -> None:
     assert torch.equal(a, b)
     assert loaded.tokenizer.chat_template == tiny_model.tokenizer.chat_template
     assert loaded.image_token_id == tiny_model.image_token_id
+
+
+def test_every_saved_file_honours_the_umask(tiny_model: MedVLM, tmp_path) -> None:
+    """``model.safetensors`` (written by safetensors, 0600 on its own) gets the mode every other file gets:
+    0644 under umask 022, 0640 under 027."""
+    import os
+    import stat
+
+    for umask, mode in ((0o022, 0o644), (0o027, 0o640)):
+        previous = os.umask(umask)
+        try:
+            out = save_pretrained(tiny_model, tmp_path / f"model{umask:o}")
+        finally:
+            os.umask(previous)
+        files = [p for p in out.rglob("*") if p.is_file()]
+        assert out / "model.safetensors" in files
+        modes = {str(p.relative_to(out)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+        assert set(modes.values()) == {oct(mode)}, modes

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -68,13 +70,24 @@ class HfVisionEncoder(VisionEncoder):
             self.model = self.model_class._from_config(cfg, attn_implementation=attn_implementation)
             self.model.to(getattr(torch, dtype))
         else:
-            self.model = self.model_class.from_pretrained(
-                name_or_path,
-                dtype=getattr(torch, dtype),
-                attn_implementation=attn_implementation,
-                **safetensors_only(name_or_path),
-                **overrides,
-            )
+            try:
+                self.model = self.model_class.from_pretrained(
+                    name_or_path,
+                    dtype=getattr(torch, dtype),
+                    attn_implementation=attn_implementation,
+                    **safetensors_only(name_or_path),
+                    **overrides,
+                )
+            except OSError as err:
+                if Path(name_or_path).expanduser().exists():  # a local folder's own problem: as it is
+                    raise
+                why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+                where = "the local hub cache (HF_HUB_OFFLINE=1)" if offline else "the hub"
+                raise OSError(
+                    f"{type(self).__name__}: {name_or_path!r} is not a local folder and could not be loaded "
+                    f"from {where} ({why}); give name_or_path=<local folder> holding the checkpoint"
+                ) from err
         vcfg = self.model.config
         stats = self._processor_settings(name_or_path)
         self.select_layer = select_layer

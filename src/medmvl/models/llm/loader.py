@@ -28,6 +28,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 
 from medmvl.assets import cache_dir, resolve_path
 from medmvl.interop.safe_weights import safetensors_only
+from medmvl.models.llm.tokenizer import hub_load_error
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +117,16 @@ def load_llm(
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn, dtype=torch_dtype)
     else:
         path = str(_gguf_to_folder(gguf_file, torch_dtype)) if gguf_file else name_or_path
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=torch_dtype,
-            attn_implementation=attn,
-            trust_remote_code=trust_remote_code,
-            **safetensors_only(path),
-        )
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                path,
+                dtype=torch_dtype,
+                attn_implementation=attn,
+                trust_remote_code=trust_remote_code,
+                **safetensors_only(path),
+            )
+        except OSError as err:
+            raise hub_load_error("LLM", path, err) from err
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -79,7 +79,10 @@ def load_tokenizer(
     if gguf_file is not None:
         tok = _load_gguf(name_or_path, gguf_file, trust_remote_code=trust_remote_code, cache=cache)
     elif name_or_path is not None:
-        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        try:
+            tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        except OSError as err:
+            raise hub_load_error("tokenizer", name_or_path, err) from err
     else:
         raise ValueError("load_tokenizer needs name_or_path (hub id or folder) or gguf_file")
     source = gguf_file or name_or_path
@@ -202,3 +205,16 @@ def _choose_pad(tok: PreTrainedTokenizerBase, pad_token: str | None, source: str
     if tok.eos_token is None:
         raise ValueError(f"tokenizer {source!r} has neither pad nor eos token; set pad_token")
     return tok.eos_token
+
+
+def hub_load_error(what: str, name_or_path: str, err: OSError) -> OSError:
+    """``err`` of a hub id that is not a local folder, restated with the id and what to give instead."""
+    if Path(name_or_path).expanduser().exists():  # a local folder's own problem: as it is
+        return err
+    why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    where = "the local hub cache (HF_HUB_OFFLINE=1)" if offline else "the hub"
+    return OSError(
+        f"{what} {name_or_path!r} is not a local folder and could not be loaded from {where} ({why}); "
+        "give name_or_path=<local folder> holding it"
+    )
