@@ -21,7 +21,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from medmvl.cli.infer import build_generator, infer_file
+from medmvl.evaluation.classes import classes_table, closed_by_answer, single_word_open
 from medmvl.evaluation.predictions import load_predictions
 from medmvl.evaluation.report import build_report, markdown_table
 
@@ -37,6 +37,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if cfg.data.annotations is None:
             raise ValueError("model=... needs data.annotations=<inference file> to answer before scoring")
         output = Path(cfg.output) if cfg.output else output_dir / "predictions.json"
+        from medmvl.cli.infer import build_generator, infer_file  # torch: only when a model answers
+
         files = [str(infer_file(build_generator(cfg), cfg, output))]
         names = [Path(cfg.data.annotations).stem]  # records without `dataset`: the annotation file's name
     elif cfg.predictions is not None:
@@ -54,7 +56,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not rows:
         raise ValueError(f"no records to score in {files}")
     report, per_question = build_report(rows)
+    report["closed_by_answer"] = closed_by_answer(rows)
     table = markdown_table(report)
+    if report["closed_by_answer"]:
+        table += "\nClosed questions by reference answer:\n\n" + classes_table(report["closed_by_answer"])
+    if one_word := single_word_open(rows):
+        log.warning(
+            "%d open question(s) have a one-word reference and are scored by recall; if they are closed "
+            "(a fixed set of answers), give them choices or answer_type: closed (docs/metrics.md)",
+            one_word,
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics_file = output_dir / "metrics.json"
     payload = {"files": files, "definitions": "docs/metrics.md", **report}

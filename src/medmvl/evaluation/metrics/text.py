@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-from torchmetrics.functional.text import bleu_score, rouge_score
-
 from medmvl.evaluation.metrics.closed import normalise
 
 
@@ -52,6 +50,8 @@ def bleu(prediction: str, reference: str, n: int) -> float:
     pred, ref = " ".join(words(prediction)), " ".join(words(reference))
     if not pred or not ref:
         return 0.0
+    from torchmetrics.functional.text import bleu_score  # imports torch: only when open answers are scored
+
     return float(bleu_score([pred], [[ref]], n_gram=n))
 
 
@@ -64,6 +64,8 @@ def rouge_l(prediction: str, reference: str) -> float:
     pred, ref = " ".join(words(prediction)), " ".join(words(reference))
     if not pred or not ref:
         return 0.0
+    from torchmetrics.functional.text import rouge_score
+
     scores = rouge_score(pred, ref, rouge_keys="rougeL", normalizer=_identity, tokenizer=str.split)
     return float(scores["rougeL_fmeasure"])
 
