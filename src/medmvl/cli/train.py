@@ -61,24 +61,39 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         medmvl.data.schema.AnnotationError: the data has problems (found before any weights load).
         medmvl.models.build.ModelSourceError: a part's ``name_or_path`` could not be loaded.
     """
-    from medmvl.models.build import build_model, build_part, random_weight_parts
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from medmvl.models.build import build_part, random_weight_parts
     from medmvl.training.data_check import check_data
+    from medmvl.training.stages import random_weight_warnings
 
     tokenizer = None
     if not cfg.get("init_from"):  # the tokenizer first: the data is checked before any weights load
         tokenizer = build_part(cfg, "llm.tokenizer")
         check_data(cfg.data, tokenizer)
+    module, datamodule, trainer = _fit_parts(cfg, tokenizer)
+    default_lr = cfg.optimizer.get("lr") if cfg.get("optimizer") else None
+    for message in random_weight_warnings(module.stage, random_weight_parts(cfg), default_lr):
+        log.warning("%s", message)  # last before training, so it is not scrolled away by the model build
+    try:
+        ckpt_path = _resolve_ckpt(cfg.get("ckpt_path"), Path(cfg.paths.output_dir))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException as stop:  # SIGTERM/SIGUSR1: PreemptionCheckpoint wrote last.ckpt; no model export
+        return _preempted(trainer, stop)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if not trainer.fast_dev_run:
+        metrics.update(_after_fit(cfg, module, datamodule, trainer))
+    return metrics
 
+
+def _fit_parts(cfg: DictConfig, tokenizer: Any) -> tuple[Any, Any, L.Trainer]:
+    """The LightningModule (around the built model), the data module and the trainer of ``cfg``."""
     import lightning as L
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from medmvl.interop.serialization import save_pretrained
-    from medmvl.training.distributed import unsharded_copy
+    from medmvl.models.build import build_model
     from medmvl.training.module import MedVLMModule
-    from medmvl.training.stages import merge_lora, random_weight_warnings
 
     L.seed_everything(cfg.seed, workers=True)  # neither the tokenizer nor the check draws random numbers
-    output_dir = Path(cfg.paths.output_dir)
     model = build_model(cfg, tokenizer=tokenizer)
     # plain dicts/lists (not DictConfig) in the data module's hparams keep checkpoints weights_only-loadable
     datamodule = instantiate(cfg.data, _convert_="all")(
@@ -87,12 +102,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         image_config=model.image_config,  # None without a 2D tower
         volume_config=model.volume_config,  # None without a 3D tower
     )
-    stage = OmegaConf.to_container(cfg.stage, resolve=True)
     module = MedVLMModule(
         model,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        stage=stage,
+        stage=OmegaConf.to_container(cfg.stage, resolve=True),
         nonfinite_loss=cfg.get("nonfinite_loss", "raise"),
         compile=bool(cfg.get("compile", False)),
     )
@@ -103,30 +117,33 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     for logger in trainer.loggers:  # every logger, e.g. logger=[csv,wandb]
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    ckpt_path = _resolve_ckpt(cfg.get("ckpt_path"), output_dir)
-    default_lr = cfg.optimizer.get("lr") if cfg.get("optimizer") else None
-    for message in random_weight_warnings(stage, random_weight_parts(cfg), default_lr):
-        log.warning("%s", message)  # last before training, so it is not scrolled away by the model build
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except SIGTERMException as stop:  # SIGTERM/SIGUSR1: PreemptionCheckpoint wrote last.ckpt; no model export
-        return _preempted(trainer, stop)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if (cfg.get("save_model") or cfg.get("post_train")) and not trainer.fast_dev_run:
-        # trainer=fsdp: gather the sharded weights into one plain model on rank 0 (every rank takes part)
-        model = unsharded_copy(
-            module.model,
-            rebuild=lambda: _with_stage(build_model(cfg), module.stage),
-            rank=trainer.global_rank,
-        )
-    if cfg.get("save_model") and trainer.is_global_zero and not trainer.fast_dev_run:
+    return module, datamodule, trainer
+
+
+def _after_fit(cfg: DictConfig, module: Any, datamodule: Any, trainer: L.Trainer) -> dict[str, Any]:
+    """Save the trained model (``save_model``) and run ``post_train``; returns what they report."""
+    from medmvl.interop.serialization import save_pretrained
+    from medmvl.models.build import build_model
+    from medmvl.training.distributed import unsharded_copy
+    from medmvl.training.stages import merge_lora
+
+    if not (cfg.get("save_model") or cfg.get("post_train")):
+        return {}
+    output_dir, metrics = Path(cfg.paths.output_dir), {}
+    # trainer=fsdp: gather the sharded weights into one plain model on rank 0 (every rank takes part)
+    model = unsharded_copy(
+        module.model, rebuild=lambda: _with_stage(build_model(cfg), module.stage), rank=trainer.global_rank
+    )
+    if not trainer.is_global_zero:
+        return metrics
+    if cfg.get("save_model"):
         hp = datamodule.hparams
         prompt = {k: hp.get(k) for k in ("format", "system_prompt", "max_length")}
         merge_lora(model)
         model_dir = save_pretrained(model, output_dir / "model", prompt=prompt)
         log.info("saved model to %s", model_dir)
         metrics["model_dir"] = str(model_dir)
-    if cfg.get("post_train") and trainer.is_global_zero and not trainer.fast_dev_run:
+    if cfg.get("post_train"):
         metrics.update(instantiate(cfg.post_train)(model=model, datamodule=datamodule, output_dir=output_dir))
     return metrics
 
