@@ -14,13 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medmvl.data.collate import supervised_index
 from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN, PLACEHOLDERS
 from medmvl.models.encoders.base import VisionEncoder
 from medmvl.models.llm.loader import LanguageModel
+from medmvl.models.loss import lm_head_loss, resolve_loss
 
 
 class MedVLM(nn.Module):
@@ -62,6 +62,9 @@ class MedVLM(nn.Module):
         self.connector3d_config = None if connector3d is None else _partial_config(connector3d)
         self.llm = llm.model
         self.tokenizer = llm.tokenizer
+        # how the LM head's cross-entropy is computed (llm.loss, medmvl.models.loss)
+        self.loss_impl = resolve_loss(llm.loss)
+        self.loss_chunk_size = llm.loss_chunk_size
         primary = IMAGE_TOKEN if encoder.spatial_dims == 2 else IMAGE3D_TOKEN
         # placeholder -> (encoder attribute, connector attribute); names, so modules are registered once
         self.towers: dict[str, tuple[str, str]] = {primary: ("encoder", "connector")}
@@ -162,7 +165,9 @@ class MedVLM(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Mean next-token cross-entropy over supervised positions (``labels != -100``).
 
-        The LM head runs only on the ``s`` supervised positions, never on image or prompt tokens.
+        The LM head runs only on the ``s`` supervised positions, never on image or prompt tokens, and
+        by default (``llm.loss=auto``: chunked, :mod:`medmvl.models.loss`) never holds their ``[s, v]``
+        logits all at once.
         ``target_index`` (:func:`~medmvl.data.collate.supervised_index` of ``labels``, which the collators
         compute on the host) selects them without a boolean mask on the device, whose count would make the
         host wait for the GPU.
@@ -187,9 +192,12 @@ class MedVLM(nn.Module):
             target_index = supervised_index(labels)  # [s]; on CUDA the host waits for the mask's count
         targets = labels.flatten().index_select(0, target_index)  # [s]
         rows = hidden.flatten(0, 1).index_select(0, target_index - 1)  # [s, d]: the position before each
-        logits = head(rows).float()  # [s, v]
+        softcap = getattr(self.llm.config, "final_logit_softcapping", None)
+        total = lm_head_loss(
+            rows, targets, head, impl=self.loss_impl, chunk_size=self.loss_chunk_size, softcap=softcap
+        )  # summed over the s targets; chunked: no [s, v] logits kept
         n = targets.numel()
-        loss = F.cross_entropy(logits, targets, reduction="sum") / max(n, 1)
+        loss = total / max(n, 1)
         return {"loss": loss, "num_tokens": torch.full((), n, device=targets.device)}
 
     @torch.no_grad()

@@ -29,16 +29,24 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 from medmvl.assets import cache_dir, resolve_path
 from medmvl.interop.safe_weights import safetensors_only
 from medmvl.models.llm.tokenizer import hub_load_error
+from medmvl.models.loss import resolve_loss
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class LanguageModel:
-    """A causal LM and the tokenizer (with chat template and image tokens) it is used with."""
+    """A causal LM and the tokenizer (with chat template and image tokens) it is used with.
+
+    ``loss`` / ``loss_chunk_size``: how ``MedVLM`` computes the LM head's cross-entropy
+    (:mod:`medmvl.models.loss`: ``auto`` | ``chunked`` | ``full`` | ``liger``; rows per chunk, ``None``:
+    sized by the vocabulary).
+    """
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
+    loss: str = "auto"
+    loss_chunk_size: int | None = None
 
     @property
     def hidden_size(self) -> int:
@@ -87,6 +95,8 @@ def load_llm(
     dtype: str = "float32",
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
+    loss: str = "auto",
+    loss_chunk_size: int | None = None,
 ) -> LanguageModel:
     """Build the LLM from exactly one source and fit its embeddings to ``tokenizer``.
 
@@ -98,6 +108,9 @@ def load_llm(
         dtype: parameter dtype (``float32``, ``bfloat16``, ``float16``).
         attn_implementation: ``sdpa`` | ``eager`` | ``flash_attention_2`` | ``auto``.
         trust_remote_code: off by default; only for checkpoints whose code you have read.
+        loss: the LM head's cross-entropy, ``auto`` (= ``chunked``) | ``chunked`` | ``full`` | ``liger``
+            (:mod:`medmvl.models.loss`).
+        loss_chunk_size: rows per chunk of the chunked loss; ``None``: sized by the vocabulary.
 
     Returns:
         The model and tokenizer together.
@@ -131,7 +144,8 @@ def load_llm(
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return LanguageModel(model=model, tokenizer=tokenizer)
+    resolve_loss(loss)  # a bad name fails here, naming the key
+    return LanguageModel(model=model, tokenizer=tokenizer, loss=loss, loss_chunk_size=loss_chunk_size)
 
 
 def export_llm_config(model: PreTrainedModel) -> dict[str, Any]:

@@ -1,0 +1,185 @@
+"""Next-token cross-entropy of the LM head without the ``[supervised tokens, vocab]`` logits in memory.
+
+``MedVLM.forward`` gathers the hidden states before each supervised target (``[s, d]``) and calls
+:func:`lm_head_loss`, which returns the *summed* cross-entropy over the ``s`` targets. Implementations
+(``llm.loss``):
+
+* ``full`` -- ``head(rows).float()`` then ``F.cross_entropy``: the ``[s, v]`` fp32 logits, their softmax
+  and their gradient all live at once (``3 x s x v x 4`` bytes: 1.9 GB for 1,600 targets of Qwen2.5's
+  151,936-token vocabulary).
+* ``chunked`` -- the rows in chunks of ``chunk_size``. For a plain ``nn.Linear`` head (bias or none, tied
+  or not) :class:`LinearCrossEntropy` computes each chunk's loss *and* its gradients (w.r.t. the rows, the
+  weight and the bias) in the forward pass, so no chunk's logits outlive it; backward only scales the
+  stored gradients (three matmuls per chunk, as ``full``). Any other head (a PEFT LoRA-wrapped ``lm_head``,
+  an FSDP2-sharded one, whose weight is only gathered inside its own forward) runs each chunk under
+  ``torch.utils.checkpoint``: the chunk's logits are recomputed in backward (one more matmul per chunk).
+* ``liger`` -- Liger-Kernel's fused linear cross-entropy (CUDA, ``pip install liger-kernel``).
+* ``auto`` -- ``chunked`` on every device.
+
+Logit soft-capping (``cap * tanh(logits / cap)``, the LLM config's ``final_logit_softcapping``) is applied
+by every implementation. The families medmvl ships configs for (Qwen2.5, Llama-3.2, Phi-3, Phi-2 -- whose
+head has a bias -- and SmolLM2) have none.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+LOSSES = ("auto", "chunked", "full", "liger")
+# chunk rows so that one chunk's fp32 logits are ~2**25 elements (128 MiB): 220 rows of a 152k vocabulary
+CHUNK_ELEMENTS = 2**25
+
+
+def resolve_loss(name: str) -> str:
+    """``auto`` -> ``chunked``; ``liger`` is checked to be importable. Raises ``ValueError`` otherwise."""
+    if name not in LOSSES:
+        raise ValueError(f"llm.loss must be one of {LOSSES}, got {name!r}")
+    if name == "liger" and importlib.util.find_spec("liger_kernel") is None:
+        raise ValueError("llm.loss=liger needs liger-kernel (pip install liger-kernel, CUDA only)")
+    return "chunked" if name == "auto" else name
+
+
+def default_chunk_size(vocab: int) -> int:
+    """Rows per chunk for a ``vocab``-wide head: ``CHUNK_ELEMENTS // vocab``, within [32, 4096]."""
+    return max(32, min(4096, CHUNK_ELEMENTS // max(vocab, 1)))
+
+
+def lm_head_loss(
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+    head: nn.Module,
+    *,
+    impl: str = "chunked",
+    chunk_size: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Summed cross-entropy of ``head(rows)`` against ``targets``.
+
+    Args:
+        rows: hidden states ``[s, d]`` (the position before each target).
+        targets: token ids ``[s]`` (every one supervised: no ignore index).
+        head: the LM head (``nn.Linear``, or any module mapping ``[s, d] -> [s, v]``).
+        impl: ``full`` | ``chunked`` | ``liger`` (``auto`` resolved by :func:`resolve_loss`).
+        chunk_size: rows per chunk; ``None``: :func:`default_chunk_size` of the head's width.
+        softcap: final logit soft-capping, or ``None``.
+
+    Returns:
+        The fp32 scalar ``sum_i CE(logits_i, targets_i)``.
+    """
+    impl = resolve_loss(impl)
+    if impl == "full" or rows.shape[0] == 0:
+        return _chunk_loss(head, rows, targets, softcap)
+    weight, bias = getattr(head, "weight", None), getattr(head, "bias", None)
+    if impl == "liger":
+        return _liger_loss(rows, targets, weight, bias, softcap)
+    size = chunk_size or default_chunk_size(weight.shape[0] if weight is not None else 32_768)
+    if _plain_linear(head):
+        return LinearCrossEntropy.apply(rows, weight, bias, targets, size, softcap)
+    grad = torch.is_grad_enabled()
+    total = rows.new_zeros((), dtype=torch.float32)
+    for start in range(0, rows.shape[0], size):
+        h, t = rows[start : start + size], targets[start : start + size]  # [c, d], [c]
+        if grad:
+            total = total + checkpoint(_chunk_loss, head, h, t, softcap, use_reentrant=False)
+        else:
+            total = total + _chunk_loss(head, h, t, softcap)
+    return total
+
+
+def _plain_linear(head: nn.Module) -> bool:
+    """A bare ``nn.Linear`` whose weight is a plain tensor (not a PEFT wrapper, not FSDP-sharded)."""
+    if type(head) is not nn.Linear:
+        return False
+    return type(head.weight.data) is torch.Tensor
+
+
+def _chunk_loss(head: nn.Module, h: torch.Tensor, t: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    logits = head(h).float()  # [c, v]
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits, t, reduction="sum")
+
+
+def _liger_loss(
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    softcap: float | None,
+) -> torch.Tensor:
+    from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+
+    if weight is None or not rows.is_cuda:
+        raise ValueError("llm.loss=liger needs a linear LM head on a CUDA device; use chunked elsewhere")
+    kwargs: dict[str, Any] = {"reduction": "sum"}
+    if softcap:
+        kwargs["softcap"] = softcap
+    out = LigerFusedLinearCrossEntropyLoss(**kwargs)(weight, rows, targets, bias)
+    return (out[0] if isinstance(out, tuple) else out).float()
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """``sum CE(rows @ weight.T + bias, targets)``, chunk by chunk, gradients computed in the forward.
+
+    Per chunk of ``c`` rows: logits ``[c, v]`` (fp32, in place), their log-sum-exp, the loss, then the
+    softmax minus the one-hot target is the gradient of the logits; ``grad_rows = g @ weight`` and
+    ``grad_weight += g.T @ rows`` (accumulated in fp32). Only ``[s, d]``, ``[v, d]`` and ``[v]`` gradients
+    are kept for backward. The matmuls run in the weight's dtype, as ``F.linear`` does for ``full``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        rows: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        chunk_size: int,
+        softcap: float | None,
+    ) -> torch.Tensor:
+        need_rows, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_rows = torch.empty_like(rows) if need_rows else None  # [s, d]
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None  # [v, d]
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias else None  # [v]
+        total = torch.zeros((), dtype=torch.float32, device=rows.device)
+        for start in range(0, rows.shape[0], chunk_size):
+            h, t = rows[start : start + chunk_size], targets[start : start + chunk_size]  # [c, d], [c]
+            logits = F.linear(h, weight, bias).float()  # [c, v]
+            capped = None
+            if softcap:
+                capped = torch.tanh(logits / softcap)  # [c, v]
+                logits = capped * softcap
+            lse = torch.logsumexp(logits, dim=-1)  # [c]
+            picked = logits.gather(1, t.unsqueeze(1)).squeeze(1)  # [c]
+            total += (lse - picked).sum()
+            if grad_rows is None and grad_weight is None and grad_bias is None:
+                continue
+            g = logits.sub_(lse.unsqueeze(1)).exp_()  # [c, v]: softmax, in place
+            g[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+            if capped is not None:
+                g.mul_(1.0 - capped.square_())
+            g = g.to(weight.dtype)  # [c, v]
+            if grad_rows is not None:
+                grad_rows[start : start + chunk_size] = g @ weight  # [c, d]
+            if grad_weight is not None:
+                grad_weight += (g.t() @ h.to(weight.dtype)).float()  # [v, d]
+            if grad_bias is not None:
+                grad_bias += g.float().sum(0)  # [v]
+        ctx.save_for_backward(*(x for x in (grad_rows, grad_weight, grad_bias) if x is not None))
+        ctx.present = (grad_rows is not None, grad_weight is not None, grad_bias is not None)
+        ctx.dtypes = (rows.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        saved = iter(ctx.saved_tensors)
+        grads: list[torch.Tensor | None] = []
+        for present, dtype in zip(ctx.present, ctx.dtypes):
+            grads.append((next(saved) * grad_out).to(dtype) if present else None)
+        return (*grads, None, None, None)
