@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from medmvl.inference.loading import load_model
+from medmvl.inference.loading import load_model, medmvl_sources
 from medmvl.interop.serialization import save_pretrained
 
 log = logging.getLogger("medmvl.export")
@@ -39,8 +39,7 @@ def export(cfg: DictConfig) -> Path:
     out = Path(cfg.out).expanduser()
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"out={str(out)!r} exists and is not empty; choose a new folder")
-    raw = cfg.get("medmvl_sources")
-    sources = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else dict(raw or {})
+    sources = medmvl_sources(cfg.get("medmvl_sources"))
     # a run folder: its last.ckpt first, so lora=adapter keeps the adapters the saved model/ has merged
     loaded = load_model(cfg.ckpt, dtype=cfg.dtype, prefer="checkpoint", medmvl_sources=sources)
     model, prompt = loaded.model, loaded.prompt

@@ -39,7 +39,8 @@ def load_model(cfg: DictConfig) -> LoadedModel:
     dtype = cfg.dtype
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
-    return loading.load_model(cfg.model, dtype=dtype, device=device)
+    sources = loading.medmvl_sources(cfg.get("medmvl_sources"))
+    return loading.load_model(cfg.model, dtype=dtype, device=device, medmvl_sources=sources)
 
 
 def generation_kwargs(cfg: DictConfig) -> dict[str, Any]:

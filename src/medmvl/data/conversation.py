@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN, AnnotationError, Sample, Turn
 
 IGNORE_INDEX = -100
+FORMATS = ("chat", "plain", "medm_vl")
 _ROLES = {"human": "user", "gpt": "assistant"}
 
 
@@ -39,8 +40,10 @@ class ConversationEncoder:
         tokenizer: A tokenizer from ``load_tokenizer`` (chat template, eos = end-of-turn, image tokens).
         image_token_counts: Placeholder token -> number of copies it expands to, e.g. ``{"<image>": 64}``.
         max_length: Longest sequence, image tokens included.
-        format: ``chat`` (the tokenizer's chat template) or ``plain`` (pre-training: the human turn's image
-            placeholders, then the caption and eos; only caption and eos are supervised).
+        format: ``chat`` (the tokenizer's chat template), ``plain`` (pre-training: the human turn's image
+            placeholders, then the caption and eos; only caption and eos are supervised) or ``medm_vl``
+            (MedM-VL's prompt rendered and tokenized as MedM-VL does, for imported MedM-VL models:
+            :mod:`medmvl.interop.medm_vl.prompt`).
         system_prompt: Optional system message for ``chat`` (``None`` lets the template decide, e.g. Qwen's
             default system prompt).
     """
@@ -51,11 +54,11 @@ class ConversationEncoder:
         *,
         image_token_counts: Mapping[str, int],
         max_length: int,
-        format: Literal["chat", "plain"] = "chat",
+        format: Literal["chat", "plain", "medm_vl"] = "chat",
         system_prompt: str | None = None,
     ) -> None:
-        if format not in ("chat", "plain"):
-            raise ValueError(f"format must be 'chat' or 'plain', got {format!r}")
+        if format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
         if tokenizer.eos_token_id is None:
             raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no eos (end-of-turn) token")
         self.tokenizer = tokenizer
@@ -77,6 +80,11 @@ class ConversationEncoder:
         self._placeholder_re = re.compile(
             "|".join(re.escape(t) for t in (IMAGE3D_TOKEN, IMAGE_TOKEN, *image_token_counts))
         )
+        self._medm_vl: Any = None
+        if format == "medm_vl":
+            from medmvl.interop.medm_vl.prompt import MedmVlPrompt
+
+            self._medm_vl = MedmVlPrompt(tokenizer, system_prompt=system_prompt)
         with_special = tokenizer("x")["input_ids"]
         self._bos = [with_special[0]] if with_special[0] == tokenizer.bos_token_id else []
 
@@ -97,7 +105,12 @@ class ConversationEncoder:
                 end-of-turn token, or a placeholder has no configured count.
             SampleTooLongError: Truncation would cut image tokens or leave nothing supervised.
         """
-        chunks = self._plain_chunks(sample) if self.format == "plain" else self._chat_chunks(sample)
+        if self.format == "medm_vl":
+            chunks = [self._medm_vl.encode([(t.role, t.text) for t in sample.turns], sample.where())]
+        elif self.format == "plain":
+            chunks = self._plain_chunks(sample)
+        else:
+            chunks = self._chat_chunks(sample)
         ids: list[int] = []
         labels: list[int] = []
         for chunk, supervised in chunks:
@@ -132,7 +145,9 @@ class ConversationEncoder:
             msgs = list(sample_or_messages)
             if self.system_prompt and (not msgs or msgs[0]["role"] != "system"):
                 msgs = [{"role": "system", "content": self.system_prompt}, *msgs]
-        if self.format == "plain":
+        if self.format == "medm_vl":
+            ids = self._medm_vl_prompt(msgs)
+        elif self.format == "plain":
             user = next(m["content"] for m in msgs if m["role"] == "user")
             ids = self._bos + self._placeholders(user)
         else:
@@ -145,6 +160,17 @@ class ConversationEncoder:
             where = sample.where() if sample else "prompt"
             raise SampleTooLongError(f"{where}: prompt has {len(out)} tokens > max_length={self.max_length}")
         return torch.tensor(out, dtype=torch.long)
+
+    def _medm_vl_prompt(self, msgs: list[dict[str, str]]) -> list[int]:
+        system = next((m["content"] for m in msgs if m["role"] == "system"), self.system_prompt)
+        turns = [
+            ("human" if m["role"] == "user" else "gpt", m["content"]) for m in msgs if m["role"] != "system"
+        ]
+        if system != self._medm_vl.system:
+            from medmvl.interop.medm_vl.prompt import MedmVlPrompt
+
+            return MedmVlPrompt(self.tokenizer, system_prompt=system).encode_prompt(turns)
+        return self._medm_vl.encode_prompt(turns)
 
     def _render(self, msgs: list[dict[str, str]], generation: bool) -> str:
         return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation)

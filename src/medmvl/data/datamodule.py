@@ -49,7 +49,8 @@ class MedVLDataModule(L.LightningDataModule):
         val_batch_size: Validation batch size (default: ``batch_size``).
         num_workers: DataLoader workers (persistent when > 0).
         on_error: ``raise`` on a bad sample or ``skip`` it (counted and logged on ``medmvl.data``).
-        format: ``chat`` (the LLM's chat template) or ``plain`` (image-caption pre-training).
+        format: ``chat`` (the LLM's chat template), ``plain`` (image-caption pre-training) or ``medm_vl``
+            (MedM-VL's prompt: fine-tuning a model imported from MedM-VL as MedM-VL would).
         system_prompt: System message for ``chat`` (``None``: the template's default, if any).
         augment: Training augmentation, fields of ``medmvl.data.images.Augment`` (``None``: none).
         image3d_dir: Folder of relative ``image3d`` paths (default: each annotation file's folder).
@@ -79,7 +80,7 @@ class MedVLDataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
         num_workers: int = 0,
         on_error: Literal["raise", "skip"] = "raise",
-        format: Literal["chat", "plain"] = "chat",
+        format: Literal["chat", "plain", "medm_vl"] = "chat",
         system_prompt: str | None = None,
         augment: Mapping[str, Any] | None = None,
         image3d_dir: str | os.PathLike | None = None,

@@ -356,8 +356,14 @@ class ImageTransform:
         and ``hf_processor`` for CLIP/SigLIP towers).
 
         The one place a 2D encoder's preprocessing becomes a transform: training, inference and the demo's
-        caption pre-training all build theirs here. ``kwargs``: ``train`` and ``augment``.
+        caption pre-training all build theirs here. ``kwargs``: ``train`` and ``augment``. A model imported
+        from MedM-VL (``preprocess["mode"] == "medm_vl"``) gets MedM-VL's own image-processor path
+        (:class:`medmvl.interop.medm_vl.pixels.MedmVlImageTransform`; MedM-VL has no 2D augmentation).
         """
+        if preprocess.get("mode") == "medm_vl":
+            from medmvl.interop.medm_vl.pixels import MedmVlImageTransform
+
+            return MedmVlImageTransform(preprocess["medm_vl"])  # type: ignore[return-value]
         return cls(
             preprocess["image_size"],
             preprocess["image_mean"],

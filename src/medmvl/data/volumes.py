@@ -445,7 +445,19 @@ class VolumeTransform:
 
     @classmethod
     def from_preprocess(cls, preprocess: Mapping[str, Any], **kwargs: Any) -> VolumeTransform:
-        """Build from a 3D encoder's ``preprocess`` (``volume_size``, ``image_mean``/``std``, ...)."""
+        """Build from a 3D encoder's ``preprocess`` (``volume_size``, ``image_mean``/``std``, ...).
+
+        A model imported from MedM-VL (``preprocess["mode"] == "medm_vl"``) gets MedM-VL's volume path
+        (:class:`medmvl.interop.medm_vl.pixels.MedmVlVolumeTransform`: crop, trilinear resize, uint8 slices).
+        """
+        if preprocess.get("mode") == "medm_vl":
+            from medmvl.interop.medm_vl.pixels import MedmVlVolumeTransform
+
+            opts = kwargs.get("options")
+            opts = opts if isinstance(opts, VolumeOptions) else _fields(VolumeOptions, opts)
+            return MedmVlVolumeTransform(  # type: ignore[return-value]
+                preprocess, train=bool(kwargs.get("train")), axcodes=opts.axcodes
+            )
         return cls(
             preprocess["volume_size"],
             preprocess["image_mean"],

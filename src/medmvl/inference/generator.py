@@ -84,7 +84,8 @@ class Generator:
     Args:
         model: The model; its tokenizer holds the chat template, its encoder the preprocessing.
         max_length: Longest prompt in tokens, image tokens included (longer prompts raise).
-        format: ``chat`` (the tokenizer's chat template) or ``plain`` (pre-training format).
+        format: ``chat`` (the tokenizer's chat template), ``plain`` (pre-training format) or ``medm_vl``
+            (MedM-VL's prompt, for imported MedM-VL models).
         system_prompt: System message, as used in training (``None``: the template's default).
         volume_options: How volume files are read (``medmvl.data.volumes.VolumeOptions`` fields, as
             ``data.volume`` in training); the size, channels, mean/std and HU window come from the model.
@@ -95,7 +96,7 @@ class Generator:
         model: MedVLM,
         *,
         max_length: int = 8192,
-        format: Literal["chat", "plain"] = "chat",
+        format: Literal["chat", "plain", "medm_vl"] = "chat",
         system_prompt: str | None = None,
         volume_options: VolumeOptions | Mapping[str, Any] | None = None,
     ) -> None:

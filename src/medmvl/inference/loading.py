@@ -88,6 +88,14 @@ def resolve_model_path(path: str | os.PathLike, *, prefer: str = "model") -> tup
     )
 
 
+def medmvl_sources(value: Any) -> dict[str, str]:
+    """The ``medmvl_sources`` setting of a config (a DictConfig, dict or ``None``) without its unset parts."""
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else dict(value or {})
+    return {str(k): str(v) for k, v in raw.items() if v is not None}
+
+
 def load_model(
     path: str | os.PathLike,
     *,

@@ -36,6 +36,8 @@ CONFIG_NAME = "medmvl_config.json"
 WEIGHTS_NAME = "model.safetensors"
 ADAPTER_DIR = "adapters"
 COMPONENTS = ("encoder", "connector", "llm", "encoder3d", "connector3d")
+SHARED = "shared"
+"""``encoder3d.slice_encoder`` / ``connector3d`` value of a 3D tower made of the 2D tower's own modules."""
 """Top-level modules of a MedVLM that may exist (the 3D tower is optional)."""
 
 
@@ -52,6 +54,8 @@ def model_config(model: MedVLM, *, prompt: Mapping[str, Any] | None = None) -> d
     }
     if getattr(model, "encoder3d", None) is not None:
         config["encoder3d"] = model.encoder3d.export_config()
+        if getattr(model.encoder3d, "slice_encoder", None) is _unwrap(model.encoder):
+            config["encoder3d"]["slice_encoder"] = SHARED  # the 2D tower itself, run slice by slice
         config["connector3d"] = model.connector3d_config
     config["image_token_counts"] = model.image_token_counts
     config["prompt"] = dict(prompt or {})
@@ -104,8 +108,14 @@ def build_from_config(
         "llm": load_llm(tokenizer=tokenizer, dtype=dtype, **config["llm"]),
     }
     if config.get("encoder3d") is not None:
-        parts["encoder3d"] = instantiate(config["encoder3d"])
-        parts["connector3d"] = instantiate(config["connector3d"])
+        tower3d = dict(config["encoder3d"])
+        if tower3d.get("slice_encoder") == SHARED:  # the 2D tower's own module, run slice by slice
+            rest = {k: v for k, v in tower3d.items() if k != "slice_encoder"}
+            parts["encoder3d"] = instantiate(rest, _partial_=True)(slice_encoder=parts["encoder"])
+        else:
+            parts["encoder3d"] = instantiate(tower3d)
+        shared = config["connector3d"] == SHARED
+        parts["connector3d"] = SHARED if shared else instantiate(config["connector3d"])
     return MedVLM(**parts)
 
 

@@ -34,7 +34,9 @@ class MedVLM(nn.Module):
         connector: partial connector, completed here with ``in_dim``, ``out_dim`` and ``grid``.
         llm: built language model and tokenizer.
         encoder3d: optional built 3D encoder (``[k, c, d, h, w] -> [k, n3, d_enc3]``).
-        connector3d: partial connector of ``encoder3d`` (required with it).
+        connector3d: partial connector of ``encoder3d`` (required with it), or ``"shared"``: the 2D
+            connector serves ``<image3d>`` too (MedM-VL-CT-Chest's one ``attn_pooling`` over a 2D tower run
+            slice by slice); its token count must not depend on the input (a pooling connector).
     """
 
     def __init__(
@@ -43,7 +45,7 @@ class MedVLM(nn.Module):
         connector: Callable[..., nn.Module],
         llm: LanguageModel,
         encoder3d: VisionEncoder | None = None,
-        connector3d: Callable[..., nn.Module] | None = None,
+        connector3d: Callable[..., nn.Module] | str | None = None,
     ) -> None:
         super().__init__()
         if (encoder3d is None) != (connector3d is None):
@@ -58,8 +60,15 @@ class MedVLM(nn.Module):
         self.connector = _complete(connector, encoder, llm.hidden_size)
         self.connector_config = _partial_config(connector)
         self.encoder3d = encoder3d
-        self.connector3d = None if encoder3d is None else _complete(connector3d, encoder3d, llm.hidden_size)
-        self.connector3d_config = None if connector3d is None else _partial_config(connector3d)
+        if connector3d == "shared":
+            if encoder3d.out_dim != encoder.out_dim or not hasattr(self.connector, "query"):
+                raise ValueError("connector3d='shared' needs a pooling connector and towers of one width")
+            self.connector3d, self.connector3d_config = self.connector, "shared"
+        else:
+            self.connector3d = (
+                None if encoder3d is None else _complete(connector3d, encoder3d, llm.hidden_size)
+            )
+            self.connector3d_config = None if connector3d is None else _partial_config(connector3d)
         self.llm = llm.model
         self.tokenizer = llm.tokenizer
         # how the LM head's cross-entropy is computed (llm.loss, medmvl.models.loss)

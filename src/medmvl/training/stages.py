@@ -30,7 +30,18 @@ def stage_modes(model: nn.Module, stage: Mapping[str, Mapping[str, Any]]) -> dic
 
 
 def _present(model: nn.Module) -> list[str]:
-    return [name for name in MODULES if getattr(model, name, None) is not None]
+    return [name for name in MODULES if getattr(model, name, None) is not None and not _shared(model, name)]
+
+
+def _shared(model: nn.Module, name: str) -> bool:
+    """A 3D part made of the 2D part's own modules (an imported MedM-VL-CT-Chest): it trains with it."""
+    if name == "connector3d":
+        return getattr(model, "connector3d_config", None) == "shared"
+    if name == "encoder3d":
+        inner = getattr(model.encoder3d, "slice_encoder", None)
+        base = model.encoder.get_base_model() if hasattr(model.encoder, "get_base_model") else model.encoder
+        return inner is not None and inner is base
+    return False
 
 
 def _spec(stage: Mapping[str, Mapping[str, Any]], name: str) -> dict[str, Any]:

@@ -163,7 +163,7 @@ def test_v1_schema_2d_sharded_matches_medmvl_forward(tmp_path: Path) -> None:
     prompt = tok.apply_chat_template(
         [{"role": "user", "content": "What is shown? <image>"}], tokenize=False, add_generation_prompt=True
     )
-    assert prompt == f"{SYSTEM} USER: <image>\nWhat is shown? ASSISTANT:"
+    assert prompt == f"{SYSTEM} USER: What is shown? <image> ASSISTANT:"  # as written, as MedM-VL
     prompt_ids = tok.encode(prompt, add_special_tokens=False)
     pixels = torch.randn(1, 3, 32, 32)
     ids, ours = _ours(model, prompt_ids, IMAGE_TOKEN, {"pixel_values": pixels})

@@ -34,6 +34,9 @@ class HfVisionEncoder(VisionEncoder):
         rescale_factor: 8-bit -> float scale before the normalisation; ``None``: the checkpoint's, else 1/255.
         dtype: parameter dtype when loading (``float32``, ``bfloat16``...).
         attn_implementation: ``sdpa`` | ``eager`` | ``flash_attention_2``.
+        medm_vl: MedM-VL's image-processor settings (``medmvl.interop.medm_vl.pixels``), set on models
+            imported from MedM-VL: the data pipeline then gives MedM-VL's pixels (``preprocess["mode"]``
+            ``medm_vl``); ``None``: medmvl's own preprocessing.
     """
 
     model_class: ClassVar[type[PreTrainedModel]]
@@ -56,6 +59,7 @@ class HfVisionEncoder(VisionEncoder):
         rescale_factor: float | None = None,
         dtype: str = "float32",
         attn_implementation: str = "sdpa",
+        medm_vl: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if select_feature not in ("patch", "cls_patch"):
@@ -108,6 +112,8 @@ class HfVisionEncoder(VisionEncoder):
                 "resample": str(resample or stats["resample"]).lower(),
                 "rescale_factor": float(rescale_factor or stats["rescale_factor"]),
             }
+        if medm_vl is not None:
+            self.preprocess.update(mode="medm_vl", medm_vl=dict(medm_vl))
 
     def _processor_settings(self, name_or_path: str | None) -> dict[str, Any]:
         """Mean, std, resample and rescale factor of the checkpoint's image processor, else the defaults."""
@@ -166,4 +172,6 @@ class HfVisionEncoder(VisionEncoder):
         hf = self.preprocess.get("hf_processor")
         if hf is not None:  # the checkpoint's resize settings survive a rebuild without the checkpoint
             out.update(resample=hf["resample"], rescale_factor=hf["rescale_factor"])
+        if "medm_vl" in self.preprocess:
+            out["medm_vl"] = dict(self.preprocess["medm_vl"])
         return out

@@ -27,7 +27,8 @@ class SliceEncoder(VisionEncoder):
         hu_window: (low, high) Hounsfield window mapped to [0, 1] before the 2D normalisation.
 
     Volumes may have the 2D encoder's channel count or 1 channel (repeated, as MedM-VL feeds gray CT
-    slices to SigLIP).
+    slices to SigLIP). A 2D encoder in MedM-VL's preprocessing mode (imported) gives the volumes MedM-VL's
+    CT path (``medmvl.interop.medm_vl.pixels``).
     """
 
     def __init__(
@@ -63,6 +64,8 @@ class SliceEncoder(VisionEncoder):
             "volume_size": (num_slices, *inner["image_size"]),
             "hu_window": None if hu_window is None else tuple(float(v) for v in hu_window),
         }
+        if inner.get("mode") == "medm_vl":  # MedM-VL's CT path: per-slice processor of the 2D tower
+            self.preprocess["medm_vl"] = {"family": "slices", "slice": dict(inner["medm_vl"])}
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[b, c, d, h, w]`` -> ``[b, d*n, d_enc]`` (slice-major)."""

@@ -63,6 +63,8 @@ class VolumeEncoder(VisionEncoder):
             volumes that are not CT.
         dtype: parameter dtype.
         attn_implementation: ``sdpa`` (fused attention) or ``eager``.
+        medm_vl: ``{"family": "m3dclip" | "medmclip"}`` on towers imported from MedM-VL: the data
+            pipeline then gives MedM-VL's volumes (``medmvl.interop.medm_vl.pixels``); ``None``: medmvl's.
     """
 
     default_mean: ClassVar[tuple[float, ...]] = (0.0,)
@@ -83,6 +85,7 @@ class VolumeEncoder(VisionEncoder):
         hu_window: tuple[float, float] | None = (-1000.0, 1000.0),
         dtype: str = "float32",
         attn_implementation: str = "sdpa",
+        medm_vl: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -122,6 +125,8 @@ class VolumeEncoder(VisionEncoder):
             "image_std": _per_channel(image_std or self.default_std, channels, "image_std"),
             "hu_window": None if hu_window is None else tuple(float(v) for v in hu_window),
         }
+        if medm_vl is not None:
+            self.preprocess.update(mode="medm_vl", medm_vl=dict(medm_vl))
 
     # ---- what a tower family provides -------------------------------------------------------------
     has_cls: bool
@@ -213,6 +218,7 @@ class VolumeEncoder(VisionEncoder):
             "image_std": list(self.preprocess["image_std"]),
             "hu_window": None if self.preprocess["hu_window"] is None else list(self.preprocess["hu_window"]),
             "attn_implementation": self.attn_implementation,
+            **({"medm_vl": dict(self.preprocess["medm_vl"])} if "medm_vl" in self.preprocess else {}),
         }
 
 

@@ -28,12 +28,16 @@ Semantics carried over: MedM-VL's ``select_feature=patch`` drops the first token
 all of them, for every tower; SigLIP has no CLS token, so MedM-VL's SigLIP ``cls_patch`` is medmvl's
 ``patch`` (all patches) and its SigLIP ``patch`` (dropping a real patch) has no medmvl equivalent and is
 refused. ``mlp{N}x_gelu`` is ``MlpConnector(depth=N)``, ``spatial_pooling`` a 2x average pool per axis then
-the MLP, ``attn_pooling`` ``(image_size // patch_size)**2`` learned queries with 8 heads. MedM-VL's prompt
-(the Vicuna-style template of TinyLLaVA, for every LLM) becomes the tokenizer's chat template
-(``medmvl_vicuna.jinja``), so imported models answer as trained.
+the MLP, ``attn_pooling`` ``(image_size // patch_size)**2`` learned queries with 8 heads. The imported model
+prompts and preprocesses as MedM-VL: prompt settings ``format: medm_vl`` (:mod:`.prompt`) and encoders in
+``preprocess`` mode ``medm_vl`` (:mod:`.pixels`), both saved with it by ``export.py``; the tokenizer's eos
+is the template's answer-closing string and its chat template ``medmvl_vicuna.jinja`` renders the same
+text (for exports and chat UIs).
 
-Not reproduced: MedM-VL code versions that run a 2D ``encoder_image`` slice by slice over a volume and
-average the pooled slices; imported, such a checkpoint is the 2D model it holds (exact on 2D images).
+A checkpoint with an ``encoder_image`` + ``attn_pooling`` and no ``encoder_image3d`` (MedM-VL-CT-Chest) also
+serves ``<image3d>`` as MedM-VL does: the same SigLIP on each of 32 slices, the same pooling over all their
+tokens (``SliceEncoder`` around the 2D encoder, ``connector3d: shared``). Other 2D checkpoints (an MLP
+connector, whose 3D output would be 32 x n tokens) are imported 2D-only.
 """
 
 from __future__ import annotations
@@ -47,15 +51,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from transformers import AutoConfig
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
+from medmvl.interop.medm_vl.prompt import EOS_BY_LLM_TYPE
+from medmvl.interop.medm_vl.weights import MedmvlImportError, load_weights
 from medmvl.models.connectors.mlp import MlpConnector
 from medmvl.models.connectors.pooling import AttnPoolConnector, SpatialPoolConnector
-from medmvl.models.encoders.checkpoints import weight_files
 from medmvl.models.encoders.clip import ClipEncoder
 from medmvl.models.encoders.medm_clip import MedMClipEncoder
 from medmvl.models.encoders.siglip import SiglipEncoder
+from medmvl.models.encoders.slices import SliceEncoder
 from medmvl.models.encoders.vit3d import Vit3dEncoder, VolumeEncoder
 from medmvl.models.llm.loader import load_llm
 from medmvl.models.llm.tokenizer import load_tokenizer
@@ -64,15 +70,13 @@ from medmvl.models.vlm import MedVLM
 log = logging.getLogger(__name__)
 
 TEMPLATE = "medmvl_vicuna.jinja"
-"""MedM-VL's prompt, shipped in ``medmvl/models/templates``."""
+"""MedM-VL's prompt as a chat template (for exports and chat UIs), shipped in ``medmvl/models/llm/templates``."""
+SLICES = 32
+"""Slices MedM-VL resizes a CT to when a 2D tower reads it (``lvlm/model/encoder/siglip.py``)."""
 
 ENCODERS_2D = {"siglip": SiglipEncoder, "clip": ClipEncoder}
 ENCODERS_3D: dict[str, type[VolumeEncoder]] = {"m3dclip": Vit3dEncoder, "medmclip": MedMClipEncoder}
 _CONFIG_JUNK = ("architectures", "transformers_version", "torch_dtype", "dtype", "auto_map", "model_type")
-
-
-class MedmvlImportError(ValueError):
-    """A MedM-VL checkpoint medmvl cannot read exactly; the message names the field and the reason."""
 
 
 def is_medmvl_checkpoint(path: str | Path) -> bool:
@@ -98,9 +102,9 @@ def read_medmvl_config(path: str | Path) -> dict[str, Any]:
 
 
 def medmvl_prompt_settings(path: str | Path) -> dict[str, Any]:
-    """The prompt settings of an imported checkpoint: its chat template and ``llm_max_length``."""
+    """The prompt settings of an imported checkpoint: MedM-VL's prompt (``format: medm_vl``), ``llm_max_length``."""
     cfg = read_medmvl_config(path)
-    return {"format": "chat", "system_prompt": None, "max_length": cfg.get("llm_max_length")}
+    return {"format": "medm_vl", "system_prompt": None, "max_length": cfg.get("llm_max_length")}
 
 
 def load_medmvl(
@@ -129,6 +133,9 @@ def load_medmvl(
         encoder = _encoder_2d(folder, cfg, sources)
         parts["encoder"], parts["connector"] = encoder, _connector(folder, cfg, "image", encoder)
         names["image"] = ("encoder", "connector")
+        if not has_3d and cfg.get("connector_image_type") == "attn_pooling":  # MedM-VL-CT-Chest
+            parts["encoder3d"] = SliceEncoder(encoder, num_slices=SLICES, hu_window=(-1000.0, 1000.0))
+            parts["connector3d"] = "shared"
     if has_3d:
         encoder = _encoder_3d(folder, cfg, sources)
         role = ("encoder3d", "connector3d") if has_2d else ("encoder", "connector")
@@ -138,7 +145,7 @@ def load_medmvl(
     tokenizer = _tokenizer(folder, cfg, sources)
     parts["llm"] = load_llm(tokenizer=tokenizer, dtype=dtype, config=_llm_config(folder, cfg, sources))
     model = MedVLM(**parts)
-    _load_weights(model, folder, names)
+    load_weights(model, folder, names)
     return model.to(getattr(torch, dtype)).eval()
 
 
@@ -152,8 +159,13 @@ def _tokenizer(folder: Path, cfg: dict[str, Any], sources: dict[str, str]) -> An
         source = sources.get("llm") or cfg.get("llm_name_or_path")
         if not source:
             raise MedmvlImportError(f"{folder}: no tokenizer files and no llm_name_or_path to read one from")
+    eos = EOS_BY_LLM_TYPE.get(cfg["llm_type"])
+    if eos is None:
+        raise MedmvlImportError(
+            f"{folder}/config.json: llm_type={cfg['llm_type']!r}; MedM-VL's templates: {sorted(EOS_BY_LLM_TYPE)}"
+        )
     try:
-        return load_tokenizer(source, chat_template=TEMPLATE)
+        return load_tokenizer(source, chat_template=TEMPLATE, eos_token=eos)
     except OSError as err:
         raise MedmvlImportError(
             f"{folder} has no tokenizer files and {source!r} could not be read ({err}); pass "
@@ -213,26 +225,62 @@ def _encoder_2d(folder: Path, cfg: dict[str, Any], sources: dict[str, str]) -> A
                 "patch token in MedM-VL (it has no CLS token); medmvl has no such mode"
             )
         feature = "patch"  # MedM-VL's cls_patch keeps every token: all SigLIP patches
-    mean, std = _image_stats(sources.get("encoder_image"), folder)
+    vision = _vision_config(folder, cfg, sources)
+    source = sources.get("encoder_image") or cfg.get("encoder_image_name_or_path")
+    spec = processor_spec(kind, vision, [source, folder])
     return cls(
         None,
-        config=_vision_config(folder, cfg, sources),
+        config=vision,
         select_layer=int(cfg.get("encoder_image_select_layer") or -1),
         select_feature=feature,
-        image_mean=mean,
-        image_std=std,
+        image_mean=tuple(spec["image_mean"]),
+        image_std=tuple(spec["image_std"]),
+        resample=spec["resample"],
+        rescale_factor=spec["rescale_factor"],
+        medm_vl=spec,
     )
 
 
-def _image_stats(*folders: str | Path | None) -> tuple[Any, Any]:
-    """Mean/std of the first ``preprocessor_config.json`` found, else ``(None, None)`` (family default)."""
-    for folder in folders:
-        file = Path(folder) / "preprocessor_config.json" if folder else None
+_DEFAULT_STATS = {"siglip": ((0.5,) * 3, (0.5,) * 3), "clip": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)}
+
+
+def processor_spec(kind: str, vision: dict[str, Any], folders: list[str | Path | None]) -> dict[str, Any]:
+    """MedM-VL's image-processor settings for a ``siglip`` / ``clip`` tower (``pixels.MedmVlImageTransform``).
+
+    Read from the first ``preprocessor_config.json`` of ``folders`` (the tower's hub folder, as MedM-VL's
+    ``*ImageProcessor.from_pretrained``, then the checkpoint); without one, the family's processor defaults
+    at the tower's image size (bicubic, 1/255), with a warning.
+    """
+    pre: dict[str, Any] = {}
+    for candidate in folders:
+        file = Path(candidate) / "preprocessor_config.json" if candidate else None
         if file is not None and file.is_file():
             pre = json.loads(file.read_text())
-            if "image_mean" in pre and "image_std" in pre:
-                return tuple(pre["image_mean"]), tuple(pre["image_std"])
-    return None, None
+            break
+    if not pre:
+        log.warning("no preprocessor_config.json in %s: MedM-VL's %s processor defaults", folders, kind)
+    side = int(vision.get("image_size") or 224)
+    mean, std = _DEFAULT_STATS[kind]
+    resample = PILImageResampling(int(pre.get("resample", 3))).name.lower()
+    spec: dict[str, Any] = {
+        "processor": kind,
+        "resample": resample,
+        "rescale_factor": float(pre.get("rescale_factor", 1 / 255)) if pre.get("do_rescale", True) else 1.0,
+        "image_mean": list(pre.get("image_mean", mean)),
+        "image_std": list(pre.get("image_std", std)),
+    }
+    size = pre.get("size", {})
+    if kind == "clip":
+        crop = pre.get("crop_size", side)
+        crop = [crop, crop] if isinstance(crop, int) else [crop["height"], crop["width"]]
+        spec.update(
+            size=int(size.get("shortest_edge", side)) if isinstance(size, dict) else int(size), crop=crop
+        )
+    else:
+        spec["size"] = (
+            [size.get("height", side), size.get("width", side)] if isinstance(size, dict) else [side] * 2
+        )
+    return spec
 
 
 def _encoder_3d(folder: Path, cfg: dict[str, Any], sources: dict[str, str]) -> VolumeEncoder:
@@ -259,6 +307,7 @@ def _encoder_3d(folder: Path, cfg: dict[str, Any], sources: dict[str, str]) -> V
         config=arch,
         select_layer=int(cfg.get("encoder_image3d_select_layer") or -1),
         select_feature=cfg.get("encoder_image3d_select_feature") or "patch",
+        medm_vl={"family": kind},
     )
 
 
@@ -284,92 +333,3 @@ def _connector(folder: Path, cfg: dict[str, Any], role: str, encoder: Any) -> fu
         f"{where}_type={kind!r} on a {encoder.spatial_dims}D tower: medmvl reads mlp (2D, 3D), "
         "spatial_pooling (3D) and attn_pooling (2D) connectors"
     )
-
-
-# ---- weights ----------------------------------------------------------------------------------------------
-
-
-def _load_weights(model: MedVLM, folder: Path, names: dict[str, tuple[str, str]]) -> None:
-    state: dict[str, torch.Tensor] = {}
-    ignored: list[str] = []
-    tower3d: dict[str, torch.Tensor] = {}
-    unknown: list[str] = []
-    for file in weight_files(folder):
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                target = _rename(key, model, names)
-                if target == "3d":
-                    tower3d[key.removeprefix("encoder_image3d.encoder.vision_encoder.")] = f.get_tensor(key)
-                elif target == "ignore":
-                    ignored.append(key)
-                elif target is None:
-                    unknown.append(key)
-                else:
-                    state[target] = f.get_tensor(key)
-    if unknown:
-        raise MedmvlImportError(f"{folder}: unexpected MedM-VL weights {sorted(unknown)[:8]}")
-    if tower3d:
-        encoder_name = names["image3d"][0]
-        mapped, dropped = getattr(model, encoder_name).map_checkpoint(tower3d)
-        state.update({f"{encoder_name}.tower.{k}": v for k, v in mapped.items()})
-        ignored += [f"encoder_image3d.encoder.vision_encoder.{k}" for k in dropped]
-    _fit_vocabulary(model, state)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"llm.lm_head.weight"} if model.llm.config.tie_word_embeddings else set()
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:
-        raise MedmvlImportError(
-            f"{folder}: the weights do not fit the architecture in config.json: missing {sorted(missing)[:8]}, "
-            f"unexpected {sorted(unexpected)[:8]}"
-        )
-    if ignored:
-        log.info(
-            "%s: %d MedM-VL tensors not used (CLIP text side, unused blocks): %s",
-            folder,
-            len(ignored),
-            ignored[:4],
-        )
-
-
-def _fit_vocabulary(model: MedVLM, state: dict[str, torch.Tensor]) -> None:
-    """Pad the checkpoint's embedding rows when medmvl's image tokens grew the vocabulary past them.
-
-    The new rows (``<image>``, ``<image3d>``) are the mean of the trained rows (HF's ``mean_resizing``):
-    their input embedding is never used (features replace it), their output logit stays ordinary.
-    """
-    current = model.state_dict()
-    for key in [k for k in state if k.startswith("llm.")]:
-        have, want = state[key], current.get(key)
-        if (
-            want is None
-            or have.ndim != 2
-            or have.shape[1:] != want.shape[1:]
-            or have.shape[0] >= want.shape[0]
-        ):
-            continue
-        extra = have.float().mean(0, keepdim=True).to(have.dtype).expand(want.shape[0] - have.shape[0], -1)
-        state[key] = torch.cat([have, extra])  # [v_model, d]
-        log.info("%s: %d rows added for medmvl's image tokens", key, want.shape[0] - have.shape[0])
-
-
-def _rename(key: str, model: MedVLM, names: dict[str, tuple[str, str]]) -> str | None:
-    """The medmvl name of a MedM-VL tensor; ``"3d"`` for a 3D tower tensor, ``"ignore"``, or ``None``."""
-    if key.startswith("llm."):
-        return key
-    if key.startswith("encoder_image.encoder.") and "image" in names:
-        return f"{names['image'][0]}.model." + key.removeprefix("encoder_image.encoder.")
-    if key.startswith("encoder_image3d.encoder.") and "image3d" in names:
-        return "3d" if key.startswith("encoder_image3d.encoder.vision_encoder.") else "ignore"
-    for role in ("image", "image3d"):
-        prefix = f"connector_{role}."
-        if not key.startswith(prefix) or role not in names:
-            continue
-        connector_name = names[role][1]
-        rest = key.removeprefix(prefix)
-        connector = getattr(model, connector_name)
-        if rest.startswith("connector."):
-            mlp = "proj." if isinstance(connector, MlpConnector) else "mlp.proj."
-            return f"{connector_name}.{mlp}{rest.removeprefix('connector.')}"
-        if isinstance(connector, AttnPoolConnector) and (rest == "query" or rest.startswith("attn.")):
-            return f"{connector_name}.{rest}"
-    return None
