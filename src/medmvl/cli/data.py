@@ -170,10 +170,76 @@ def _add_build_demo_3d(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_build_demo_3d)
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from medmvl.evaluation.benchmarks import ConversionError, convert
+
+    options = {k: getattr(args, k) for k in ("lang", "task", "report") if getattr(args, k) is not None}
+    try:
+        report = convert(
+            args.benchmark,
+            args.src,
+            args.out,
+            link=args.link,
+            skip_bad=args.skip_bad,
+            force=args.force,
+            **options,
+        )
+    except (ConversionError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(Path(args.out).resolve() / "convert_report.json")
+    for split, info in report["counts"].items():
+        kinds = ", ".join(f"{k}: {n}" for k, n in info["answer_type"].items())
+        where = report["files"].get(split, "(no samples, not written)")
+        print(f"{split}: {info['total']} samples" + (f" ({kinds})" if kinds else "") + f" -> {where}")
+    if report["n_skipped"]:
+        print(f"skipped {report['n_skipped']} bad row(s), listed in convert_report.json")
+    return 0
+
+
+def _add_convert(subparsers: argparse._SubParsersAction) -> None:
+    from medmvl.evaluation.benchmarks import BENCHMARKS
+
+    p = subparsers.add_parser(
+        "convert",
+        help="convert a downloaded medical VQA / report benchmark into annotation JSON",
+        description="Convert a benchmark's released files (as downloaded; layouts in docs/benchmarks.md) into "
+        "<out>/<split>.json per released split, media under <out>/images or <out>/volumes (copied, or "
+        "symlinked with --link; never moved) and <out>/convert_report.json. Bad rows (missing question, "
+        "answer or image, unknown answer type) stop the conversion, all listed with file and row, unless "
+        "--skip-bad. A folder holding the same conversion (source, options, converter version) is reused.",
+    )
+    p.add_argument("benchmark", choices=BENCHMARKS, help="the benchmark")
+    p.add_argument("src", type=Path, help="the downloaded release folder")
+    p.add_argument("out", type=Path, help="the output folder")
+    p.add_argument("--link", action="store_true", help="symlink images and volumes instead of copying them")
+    p.add_argument("--skip-bad", action="store_true", help="leave bad rows out and list them in the report")
+    p.add_argument(
+        "--force", action="store_true", help="convert again even if the folder holds this conversion"
+    )
+    p.add_argument(
+        "--lang", choices=("en", "zh", "all"), default=None, help="slake: question language (default: en)"
+    )
+    p.add_argument(
+        "--task",
+        choices=("both", "closed", "open"),
+        default=None,
+        help="m3d_vqa: closed (multiple choice), open or both per row (default: both)",
+    )
+    p.add_argument(
+        "--report",
+        choices=("findings", "impressions", "both"),
+        default=None,
+        help="ct_rate: the report section to generate (default: findings)",
+    )
+    p.set_defaults(func=_convert)
+
+
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_build_demo,
     _add_build_demo_3d,
     _add_check,
+    _add_convert,
 )
 
 
