@@ -35,25 +35,21 @@ NAME = "slake"
 VERSION = 1
 SOURCE = "SLAKE release https://www.med-vqa.com/slake/ (HF: BoKelvin/SLAKE)"
 OPTIONS: dict[str, tuple[str, ...]] = {"lang": ("en", "zh", "all")}
-SPLIT_FILES = (
-    ("train", ("train.json",)),
-    ("validate", ("validate.json", "validation.json")),
-    ("test", ("test.json",)),
-)
+SPLIT_FILES = ("train.json", "validate.json", "validation.json", "test.json")
 ANSWER_TYPES = {"OPEN": "open", "CLOSED": "closed"}
 FIELDS = ("qid", "img_name", "question", "answer", "answer_type", "q_lang")
 
 
 def read(src: Path, ctx: Context, lang: str = "en") -> dict[str, list[dict[str, Any]]]:
     """The records of every released split in ``src`` (``validation.json`` is written as ``validation``)."""
-    found = [(split, src / n) for split, names in SPLIT_FILES for n in names if (src / n).is_file()]
+    found = [src / name for name in SPLIT_FILES if (src / name).is_file()]
     if not found:
         raise ConversionError(
             f"slake: none of train.json, validate.json, validation.json, test.json in {src}"
         )
     splits: dict[str, list[dict[str, Any]]] = {}
     filtered: dict[str, int] = {}
-    for split, path in found:
+    for path in found:
         split = path.stem
         splits[split] = []
         for row, raw in enumerate(list_of_records(read_json(path), path)):
