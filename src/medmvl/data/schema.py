@@ -63,6 +63,11 @@ METADATA_KEYS = frozenset(
         "flipped",
         "modality",
         "metadata",
+        # kept by the benchmark converters (medmvl.evaluation.benchmarks)
+        "split",
+        "q_lang",
+        "answer_choice",
+        "labels",
     }
 )
 Role = Literal["human", "gpt"]
