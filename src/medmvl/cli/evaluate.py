@@ -2,7 +2,10 @@
 
 ``predictions=<file(s)>`` scores what ``infer.py`` wrote; ``model=<dir> data.annotations=<file>`` runs
 ``infer.py``'s file inference into ``<output_dir>/predictions.json`` first (resumable the same way), so
-one command goes from a saved model to a score table. Writes ``metrics.json`` (overall and per kind,
+one command goes from a saved model to a score table. ``protocol=<name>`` also scores by a reference
+scorer's definitions (docs/protocols.md), printed beside medmvl's strict scores; ``benchmark=<name>
+model=<dir> data.root=<download>`` converts a benchmark's release, answers its test split and prints the
+table in the layout of the published ones. Writes ``metrics.json`` (overall and per kind,
 question type and dataset), ``metrics.md`` (the same as a markdown table) and ``scores.jsonl`` (one line
 per question), prints the table, and prints the path of ``metrics.json`` last. Bad input stops the run
 before anything is written, with one ``AnnotationError`` that lists every problem of every prediction file
@@ -23,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medmvl.evaluation.classes import classes_table, closed_by_answer, single_word_open
 from medmvl.evaluation.predictions import load_predictions
+from medmvl.evaluation.protocols.run import prepare_benchmark, score_by_protocol
 from medmvl.evaluation.report import build_report, markdown_table
 
 log = logging.getLogger("medmvl.evaluate")
@@ -33,6 +37,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir)
     if cfg.get("question") is not None:
         raise ValueError("evaluate.py scores files: use infer.py for one question")
+    if cfg.get("benchmark") is not None:
+        prepare_benchmark(cfg, output_dir)
     if cfg.model is not None:
         if cfg.data.annotations is None:
             raise ValueError("model=... needs data.annotations=<inference file> to answer before scoring")
@@ -66,9 +72,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "(a fixed set of answers), give them choices or answer_type: closed (docs/metrics.md)",
             one_word,
         )
+    extra, protocol_table = score_by_protocol(rows, report, per_question, cfg)
+    table += protocol_table
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics_file = output_dir / "metrics.json"
-    payload = {"files": files, "definitions": "docs/metrics.md", **report}
+    payload = {"files": files, "definitions": "docs/metrics.md", **report, **extra}
     metrics_file.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     (output_dir / "metrics.md").write_text(table, encoding="utf-8")
     with (output_dir / "scores.jsonl").open("w", encoding="utf-8") as f:
