@@ -44,7 +44,7 @@ def prepare_benchmark(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
     root = Path(cfg.data.root)
     out = Path(bench.converted_dir) if bench.get("converted_dir") else output_dir / "converted"
-    options = OmegaConf.to_container(bench.get("options") or {}, resolve=True)
+    options = OmegaConf.to_container(bench.options, resolve=True) if bench.get("options") else {}
     report = convert(bench.converter, root, out, **options)
     files = report.get("files", {})
     if bench.split not in files:
@@ -92,7 +92,7 @@ def score_by_protocol(
         report = strict
     if bench is not None:
         columns = OmegaConf.to_container(bench.columns, resolve=True)
-        references = OmegaConf.to_container(bench.get("references") or [], resolve=True)
+        references = OmegaConf.to_container(bench.references, resolve=True) if bench.get("references") else []
         text += "\n" + benchmark_table(bench.title, columns, strict, report, protocol, references)
         entries["benchmark"] = {"name": bench.name, "split": bench.split, "references": references}
     return entries, text
