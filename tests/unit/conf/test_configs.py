@@ -10,12 +10,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tests.conftest import CONF_DIR, compose_train
 
 SKIP_GROUPS = {"hydra", "paths"}
+EVALUATE_GROUPS = {"protocol", "benchmark"}
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in SKIP_GROUPS)
 OPTIONS = [
     (g, str(f.relative_to(CONF_DIR / g).with_suffix("")))
@@ -38,7 +41,12 @@ def _target_nodes(node: Any, path: str = "") -> Iterator[tuple[str, DictConfig]]
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_binds(group: str, option: str, tmp_path) -> None:
-    cfg = compose_train([f"{group}={option}"], output_dir=tmp_path)
+    if group in EVALUATE_GROUPS:  # groups of evaluate.yaml, not train.yaml
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="evaluate", overrides=[f"{group}={option}"])
+    else:
+        cfg = compose_train([f"{group}={option}"], output_dir=tmp_path)
     nodes = list(_target_nodes(cfg))
     assert nodes, "no _target_ node composed"
     for path, node in nodes:
