@@ -158,7 +158,9 @@ def test_data_packing_switch_trains(tmp_path) -> None:
     assert "train/loss" in train(cfg)
 
 
-def test_frozen_encoder_has_no_graph_and_head_sees_only_supervised_positions(items: list[dict]) -> None:
+def test_frozen_encoder_has_no_graph_and_head_sees_only_supervised_positions(
+    items: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The two always-on savings: no autograd through a frozen tower, LM head on supervised tokens only."""
     from omegaconf import OmegaConf
 
@@ -170,8 +172,12 @@ def test_frozen_encoder_has_no_graph_and_head_sees_only_supervised_positions(ite
     seen: dict[str, torch.Tensor] = {}
     model.encoder.register_forward_hook(lambda m, i, out: seen.update(encoder=out))
     model.connector.register_forward_hook(lambda m, i, out: seen.update(connector=out))
-    head = model.llm.get_output_embeddings()
-    head.register_forward_hook(lambda m, i, out: seen.update(head_in=i[0]))
+    import medmvl.models.vlm as vlm
+
+    loss = vlm.lm_head_loss  # the LM head's input, whichever loss implementation (chunked by default)
+    monkeypatch.setattr(
+        vlm, "lm_head_loss", lambda rows, *a, **k: (seen.update(head_in=rows), loss(rows, *a, **k))[1]
+    )
     batch = PackingCollator(PAD)(items)
     out = model(
         **{k: batch[k] for k in ("input_ids", "attention_mask", "labels", "pixel_values", "position_ids")}
