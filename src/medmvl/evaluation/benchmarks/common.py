@@ -87,6 +87,26 @@ class Context:
         """Record a bad row."""
         self.problems.append(RowProblem(str(file), row, field_, message, line))
 
+    def locate(
+        self,
+        file: Path | str,
+        row: int | None,
+        field_: str,
+        rel: str | None,
+        bases: list[Path],
+        line: int | None = None,
+        what: str = "image",
+    ) -> Path | None:
+        """The media file ``rel`` names under the first of ``bases`` holding it; a row problem when none
+        does (``None`` back either way when ``rel`` is empty: the missing field is reported elsewhere)."""
+        if not rel:
+            return None
+        found = find_media(rel, bases)
+        if found is None:
+            where = [str(b) for b in bases]
+            self.problem(file, row, field_, f"{what} {rel} not found under {where}", line)
+        return found
+
     def media_dir(self, kind: MediaKind) -> Path:
         """``<out>/images`` or ``<out>/volumes``."""
         return self.out / (IMAGE_DIR if kind == "image" else IMAGE3D_DIR)

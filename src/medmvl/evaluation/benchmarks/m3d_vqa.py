@@ -25,7 +25,6 @@ from medmvl.evaluation.benchmarks.common import (
     Context,
     ConversionError,
     choice_record,
-    find_media,
     read_csv,
     record,
     text,
@@ -81,15 +80,7 @@ def _records(
     if task != "open" and text(cells.get("Answer Choice")) and letter not in LETTERS[:4]:
         ctx.problem(path, row, "Answer Choice", f"expected one of A, B, C, D, got {letter!r}", line)
         bad = True
-    image = find_media(values["Image Path"], bases) if values["Image Path"] else None
-    if values["Image Path"] and image is None:
-        ctx.problem(
-            path,
-            row,
-            "Image Path",
-            f"volume {values['Image Path']!r} not found under {src_names(bases)}",
-            line,
-        )
+    image = ctx.locate(path, row, "Image Path", values["Image Path"], bases, line, "volume")
     if bad or image is None:
         return []
     media = ctx.place(image, values["Image Path"], "image3d")
@@ -114,8 +105,3 @@ def _records(
             )
         )
     return out
-
-
-def src_names(bases: list[Path]) -> list[str]:
-    """The folders searched, for messages."""
-    return list(dict.fromkeys(str(b) for b in bases))

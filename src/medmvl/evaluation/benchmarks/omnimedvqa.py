@@ -26,7 +26,6 @@ from medmvl.evaluation.benchmarks.common import (
     Context,
     ConversionError,
     choice_record,
-    find_media,
     list_of_records,
     read_json,
     text,
@@ -81,9 +80,7 @@ def _record(src: Path, path: Path, row: int, raw: Any, split: str, ctx: Context)
         letter = LETTERS[options.index(values["gt_answer"])]
     elif values["gt_answer"] is not None and len(options) >= 2:
         ctx.problem(path, row, "gt_answer", f"{values['gt_answer']!r} is none of the options {options}")
-    image = find_media(values["image_path"], [src]) if values["image_path"] else None
-    if values["image_path"] and image is None:
-        ctx.problem(path, row, "image_path", f"image {src / values['image_path']} not found")
+    image = ctx.locate(path, row, "image_path", values["image_path"], [src])
     if missing or letter is None or image is None:
         return None
     return choice_record(

@@ -25,7 +25,6 @@ from medmvl.evaluation.benchmarks.common import (
     Context,
     ConversionError,
     choice_record,
-    find_media,
     read_csv,
     text,
 )
@@ -75,11 +74,7 @@ def _record(
     if letter not in LETTERS[:4]:
         ctx.problem(path, row, "Answer_label", f"expected one of A, B, C, D, got {letter or None!r}", line)
         bad = True
-    image = find_media(figure, bases) if figure else None
-    if figure and image is None:
-        ctx.problem(
-            path, row, "Figure_path", f"image {figure!r} not found in {[str(b) for b in bases]}", line
-        )
+    image = ctx.locate(path, row, "Figure_path", figure, bases, line)
     if bad or image is None:
         return None
     return choice_record(

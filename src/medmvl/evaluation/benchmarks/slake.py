@@ -24,7 +24,6 @@ from typing import Any
 from medmvl.evaluation.benchmarks.common import (
     Context,
     ConversionError,
-    find_media,
     list_of_records,
     read_json,
     record,
@@ -76,9 +75,7 @@ def _record(
     kind = ANSWER_TYPES.get((values["answer_type"] or "").upper())
     if values["answer_type"] is not None and kind is None:
         ctx.problem(path, row, "answer_type", f"expected OPEN or CLOSED, got {values['answer_type']!r}")
-    image = find_media(values["img_name"], [src / "imgs"]) if values["img_name"] else None
-    if values["img_name"] and image is None:
-        ctx.problem(path, row, "img_name", f"image {src / 'imgs' / values['img_name']} not found")
+    image = ctx.locate(path, row, "img_name", values["img_name"], [src / "imgs"])
     if missing or kind is None or image is None:
         return None
     return record(

@@ -21,7 +21,6 @@ from typing import Any
 from medmvl.evaluation.benchmarks.common import (
     Context,
     ConversionError,
-    find_media,
     list_of_records,
     read_json,
     record,
@@ -55,9 +54,7 @@ def read(src: Path, ctx: Context) -> dict[str, list[dict[str, Any]]]:
         kind = ANSWER_TYPES.get((values["answer_type"] or "").upper())
         if values["answer_type"] is not None and kind is None:
             ctx.problem(path, row, "answer_type", f"expected OPEN or CLOSED, got {values['answer_type']!r}")
-        image = find_media(values["image_name"] or "", [src / IMAGES]) if values["image_name"] else None
-        if values["image_name"] and image is None:
-            ctx.problem(path, row, "image_name", f"image {src / IMAGES / values['image_name']} not found")
+        image = ctx.locate(path, row, "image_name", values["image_name"], [src / IMAGES])
         if missing or kind is None or image is None:
             continue
         split = "test" if (text(raw.get("phrase_type")) or "").startswith("test") else "train"
