@@ -18,6 +18,7 @@ from torch import nn
 
 from medmvl.data.collate import supervised_index
 from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN, PLACEHOLDERS
+from medmvl.models.connectors.pooling import AttnPoolConnector
 from medmvl.models.encoders.base import VisionEncoder
 from medmvl.models.llm.loader import LanguageModel
 from medmvl.models.loss import lm_head_loss, resolve_loss
@@ -61,8 +62,10 @@ class MedVLM(nn.Module):
         self.connector_config = _partial_config(connector)
         self.encoder3d = encoder3d
         if connector3d == "shared":
-            if encoder3d.out_dim != encoder.out_dim or not hasattr(self.connector, "query"):
-                raise ValueError("connector3d='shared' needs a pooling connector and towers of one width")
+            if encoder3d.out_dim != encoder.out_dim or not isinstance(self.connector, AttnPoolConnector):
+                raise ValueError(
+                    "connector3d='shared' needs an attention-pooling connector and towers of one width"
+                )
             self.connector3d, self.connector3d_config = self.connector, "shared"
         else:
             self.connector3d = (
