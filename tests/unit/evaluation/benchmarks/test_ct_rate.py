@@ -2,42 +2,19 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from medmvl.evaluation.benchmarks import ConversionError, convert
 
-from .helpers import gpt, human, split_records, write_csv
+from .helpers import gpt, human, split_records
+from .releases import write_ct_rate
 
 nib = pytest.importorskip("nibabel")
-LABELS = ["Medical material", "Arterial wall calcification", "Cardiomegaly"]
-REPORT_HEADER = ["VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN"]
-
-
-def _nii(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.int16), np.eye(4)), path)
 
 
 @pytest.fixture
 def release(tmp_path):
-    src = tmp_path / "dataset"
-    _nii(src / "train/train_1/train_1_a/train_1_a_1.nii.gz")
-    _nii(src / "valid/valid_1/valid_1_a/valid_1_a_2.nii.gz")
-    reports = src / "radiology_text_reports"
-    write_csv(reports / "train_reports.csv", REPORT_HEADER,
-              [["train_1_a_1.nii.gz", "Cough.", "Non-contrast.", "Heart size is increased.", "Cardiomegaly."]])  # fmt: skip
-    write_csv(reports / "validation_reports.csv", REPORT_HEADER,
-              [["valid_1_a_2.nii.gz", "Not given.", "Non-contrast.", "Not given.", "Normal study."],
-               ["valid_2_a_1.nii.gz", "", "", "Lungs clear.", "Normal."]])  # fmt: skip
-    labels = src / "multi_abnormality_labels"
-    write_csv(
-        labels / "train_predicted_labels.csv", ["VolumeName", *LABELS], [["train_1_a_1.nii.gz", 0, 1, 1]]
-    )
-    write_csv(
-        labels / "valid_predicted_labels.csv", ["VolumeName", *LABELS], [["valid_1_a_2.nii.gz", 0, 0, 0]]
-    )
-    return src
+    return write_ct_rate(tmp_path)
 
 
 def test_report_records(release, tmp_path):

@@ -6,32 +6,15 @@ import pytest
 
 from medmvl.evaluation.benchmarks import ConversionError, convert
 
-from .helpers import gpt, human, npy, split_records, write_csv, write_json
-
-VQA_HEADER = [
-    "Image Path", "Text", "Question Type", "Question",
-    "Choice A", "Choice B", "Choice C", "Choice D", "Answer", "Answer Choice",
-]  # fmt: skip
-VOLUME = "M3D_Cap_npy/ct_case/000006/Axial_non_contrast.npy"
+from .helpers import gpt, human, split_records
+from .releases import M3D_VOLUME as VOLUME
+from .releases import write_m3d_cap, write_m3d_vqa
 
 
 @pytest.fixture
 def data_root(tmp_path):
-    root = tmp_path / "data"
-    npy(root / VOLUME)
-    row = [VOLUME, "report text", "Plane", "In which plane is the image?", "Sagittal", "Coronal", "Axial",
-           "Oblique", "Axial", "C"]  # fmt: skip
-    write_csv(root / "M3D-VQA/M3D_VQA_test.csv", VQA_HEADER, [row, ["missing.npy", *row[1:]]])
-    (root / "M3D_Cap_npy/ct_case/000006/text.txt").write_text("Large liver cyst.\n")
-    write_json(
-        root / "M3D_Cap/M3D_Cap.json",
-        {
-            "train": [{"image": VOLUME, "text": "M3D_Cap_npy/ct_case/000006/text.txt"}],
-            "validation": [],
-            "test": [{"image": VOLUME, "text": "M3D_Cap_npy/ct_case/000006/none.txt"}],
-        },
-    )
-    return root
+    write_m3d_vqa(tmp_path)
+    return write_m3d_cap(tmp_path)
 
 
 def test_vqa_closed_and_open(data_root, tmp_path):

@@ -6,40 +6,14 @@ import pytest
 
 from medmvl.evaluation.benchmarks import ConversionError, convert
 
-from .helpers import human, png, split_records, write_json
-
-
-def _qa(qid, image, gt, options, dataset="ACRIMA"):
-    entry = {
-        "dataset": dataset,
-        "question_id": qid,
-        "question_type": "Disease Diagnosis",
-        "question": "What is the diagnosis?",
-        "gt_answer": gt,
-        "image_path": image,
-        "modality_type": "Fundus Photography",
-    }
-    entry.update({f"option_{letter}": option for letter, option in zip("ABCD", options)})
-    return entry
+from .helpers import human, split_records, write_json
+from .releases import omnimedvqa_qa as _qa
+from .releases import write_omnimedvqa
 
 
 @pytest.fixture
 def release(tmp_path):
-    src = tmp_path / "OmniMedVQA"
-    png(src / "Images/ACRIMA/Im001.png")
-    write_json(
-        src / "QA_information/Open-access/ACRIMA.json",
-        [
-            _qa(
-                "ACRIMA_0001",
-                "Images/ACRIMA/Im001.png",
-                "Glaucoma",
-                ["Normal", "Glaucoma", "Cataract", "Myopia"],
-            ),
-            _qa("ACRIMA_0002", "Images/ACRIMA/Im001.png", "No", ["Yes", "No"]),
-        ],
-    )
-    return src
+    return write_omnimedvqa(tmp_path)
 
 
 def test_records(release, tmp_path):

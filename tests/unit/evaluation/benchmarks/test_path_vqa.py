@@ -6,36 +6,17 @@ import pytest
 
 from medmvl.evaluation.benchmarks import ConversionError, convert
 
-from .helpers import human, jpeg_bytes, split_records
+from .helpers import human, split_records
+from .releases import path_vqa_parquet as _parquet
+from .releases import write_path_vqa
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 
-def _parquet(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    table = pa.table(
-        {
-            "image": pa.array([{"bytes": b, "path": None} for b, _, _ in rows], type=image),
-            "question": [q for _, q, _ in rows],
-            "answer": [a for _, _, a in rows],
-        }
-    )
-    pq.write_table(table, path)
-
-
 @pytest.fixture
 def release(tmp_path):
-    src = tmp_path / "path-vqa"
-    one, two = jpeg_bytes(10), jpeg_bytes(200)
-    _parquet(
-        src / "data/train-00000-of-00001.parquet",
-        [(one, "what is present?", "fibrosis"), (one, "is this tissue normal?", "no")],
-    )
-    _parquet(src / "data/validation-00000-of-00001.parquet", [(two, "does this show necrosis?", "yes")])
-    _parquet(src / "data/test-00000-of-00001.parquet", [(two, "where is this from?", "liver")])
-    return src
+    return write_path_vqa(tmp_path)
 
 
 def test_records_and_deduplicated_images(release, tmp_path):

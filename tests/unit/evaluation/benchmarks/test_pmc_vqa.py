@@ -7,28 +7,14 @@ import pytest
 from medmvl.evaluation.benchmarks import ConversionError, convert
 from medmvl.evaluation.predictions import load_questions
 
-from .helpers import gpt, human, png, split_records, write_csv
-
-HEADER = ["Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D", "Answer_label"]
-ROW = [
-    "PMC1064097_F1.jpg",
-    "What is the uptake pattern in the breast?",
-    "Focal uptake pattern",
-    "A:Diffuse uptake pattern",
-    "B:Focal uptake pattern",
-    "C:No uptake pattern",
-    "D:Cannot determine from the information given",
-    "B",
-]
+from .helpers import gpt, human, split_records, write_csv
+from .releases import PMC_VQA_ROW as ROW
+from .releases import write_pmc_vqa
 
 
 @pytest.fixture
 def release(tmp_path):
-    src = tmp_path / "PMC-VQA"
-    png(src / "images/PMC1064097_F1.jpg")
-    write_csv(src / "train.csv", HEADER, [ROW])
-    write_csv(src / "test.csv", HEADER, [ROW, [*ROW[:7], "E"], ["missing.jpg", *ROW[1:]]])
-    return src
+    return write_pmc_vqa(tmp_path)
 
 
 def test_choice_records(release, tmp_path):

@@ -6,38 +6,14 @@ import pytest
 
 from medmvl.evaluation.benchmarks import ConversionError, convert
 
-from .helpers import gpt, human, png, split_records, write_json
-
-
-def _entry(qid, img_id, question, answer, lang, answer_type="OPEN"):
-    return {
-        "img_id": img_id,
-        "img_name": f"xmlab{img_id}/source.jpg",
-        "question": question,
-        "answer": answer,
-        "q_lang": lang,
-        "location": "Lung",
-        "modality": "X-Ray",
-        "answer_type": answer_type,
-        "base_type": "vqa",
-        "content_type": "Organ",
-        "triple": ["vhead", "_", "_"],
-        "qid": qid,
-    }
+from .helpers import gpt, human, split_records, write_json
+from .releases import slake_entry as _entry
+from .releases import write_slake
 
 
 @pytest.fixture
 def release(tmp_path):
-    src = tmp_path / "Slake1.0"
-    for img in (1, 2):
-        png(src / "imgs" / f"xmlab{img}" / "source.jpg", img * 50)
-    write_json(
-        src / "train.json",
-        [_entry(0, 1, "Which organ is abnormal?", "Lung", "en"), _entry(1, 1, "哪个器官异常?", "肺", "zh")],
-    )
-    write_json(src / "validate.json", [_entry(10, 2, "Is the lung healthy?", "No", "en", "CLOSED")])
-    write_json(src / "test.json", [_entry(20, 2, "What modality is used?", "X-Ray", "en")])
-    return src
+    return write_slake(tmp_path)
 
 
 def test_english_subset_by_default(release, tmp_path):

@@ -9,43 +9,14 @@ import pytest
 from medmvl.evaluation.benchmarks import ConversionError, convert
 from medmvl.evaluation.predictions import load_questions
 
-from .helpers import gpt, human, png, split_records, write_json
-
-IMAGES = "VQA_RAD Image Folder"
-
-
-def _entry(qid, image, question, answer, answer_type, phrase_type, question_type="PRES"):
-    return {
-        "qid": qid,
-        "phrase_type": phrase_type,
-        "qid_linked_id": f"{qid:05d}",
-        "image_case_url": "https://medpix.nlm.nih.gov/case?id=x",
-        "image_name": image,
-        "image_organ": "CHEST",
-        "evaluation": "evaluated",
-        "question": question,
-        "question_rephrase": "NULL",
-        "question_relation": "NULL",
-        "question_frame": "NULL",
-        "question_type": question_type,
-        "answer": answer,
-        "answer_type": answer_type,
-    }
+from .helpers import gpt, human, split_records, write_json
+from .releases import VQA_RAD_IMAGES as IMAGES
+from .releases import write_vqa_rad
 
 
 @pytest.fixture
 def release(tmp_path):
-    src = tmp_path / "VQA_RAD"
-    png(src / IMAGES / "synpic100.jpg")
-    png(src / IMAGES / "synpic200.jpg", 30)
-    entries = [
-        _entry(1, "synpic100.jpg", "Is there a pneumothorax?", "Yes", "CLOSED", "freeform"),
-        _entry(2, "synpic100.jpg", "What organ is shown?", "lungs", "OPEN", "para", "ORGAN"),
-        _entry(3, "synpic200.jpg", "How many ribs are broken?", 2, "OPEN", "test_freeform", "COUNT"),
-        _entry(4, "synpic200.jpg", "Is this an MRI?", "no", "CLOSED", "test_para", "MODALITY"),
-    ]
-    write_json(src / "VQA_RAD Dataset Public.json", entries)
-    return src
+    return write_vqa_rad(tmp_path)
 
 
 def test_records_field_by_field(release, tmp_path):
