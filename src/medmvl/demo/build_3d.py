@@ -4,8 +4,10 @@ Why: ``python train.py experiment=demo_3d`` must teach a small LLM to read real 
 through the same ``image3d`` loader as user data. ``build_demo_3d`` writes ``train.json`` / ``val.json``
 (LLaVA / MedM-VL samples with ``image3d`` paths relative to the folder and ``<image3d>`` in the question),
 ``captions.json`` (one volume–caption pair per training volume, ``demo3d_captions``, for caption
-pre-training), ``volumes/{train,val}/*.npy`` and ``meta.json`` (parameters, counts per question type and
-answer, split), and reuses a folder that already holds a build with the same parameters (``demo_build``).
+pre-training), ``train_reports.json`` / ``val_reports.json`` (per volume of each split, an open "write a
+short report" question about the same file with its organ ``labels``, ``reports_3d``, for
+``experiment=demo_3d_report``), ``volumes/{train,val}/*.npy`` and ``meta.json`` (parameters, counts per
+question type and answer, split), and reuses a folder that already holds a build with the same parameters (``demo_build``).
 
 The parts: ``demo3d_volume`` (the CT, renderings, labels from the mask and the z split without leakage),
 ``demo3d_questions`` (balanced question plan and phrasing), ``demo3d_captions``; this module writes the
@@ -37,6 +39,7 @@ from medmvl.demo.questions_3d import (
     phrase,
     plan_split,
 )
+from medmvl.demo.reports_3d import report_record
 from medmvl.demo.volume_3d import (
     BODY_HU,
     CORD,
@@ -65,9 +68,11 @@ from medmvl.demo.volume_3d import (
 )
 
 BUILDER = "medmvl.demo.build_3d.build_demo_3d"
-VERSION = 2
+VERSION = 3  # 3: the report splits
 SPLITS = ("train", "val")
-BUILD_FILES = tuple(f"{s}.json" for s in (*SPLITS, "captions"))  # besides meta.json and volumes/
+# besides meta.json and volumes/: the VQA splits, the training captions and the report splits
+BUILD_FILES = tuple(f"{s}.json" for s in (*SPLITS, "captions", *(f"{s}_reports" for s in SPLITS)))
+TASKS = {"vqa": ("train.json", "val.json"), "report": ("train_reports.json", "val_reports.json")}
 
 __all__ = [
     "BODY_HU",
@@ -151,7 +156,7 @@ def _write_build(tmp: Path, params: dict[str, Any]) -> None:
         rng = np.random.default_rng([params["seed"], split_no])
         plan, keys = plan_split(split, params[f"n_{split}"], depth, allowed, rng)
         allowed = keys  # validation asks only what training teaches
-        samples, captions, per_key = [], [], {}
+        samples, captions, reports, per_key = [], [], [], {}
         (tmp / "volumes" / split).mkdir(parents=True)
         more = params.get("turns", 1) - 1 if split == "train" else 0
         for i, (q, key, r) in enumerate(plan):
@@ -164,7 +169,9 @@ def _write_build(tmp: Path, params: dict[str, Any]) -> None:
                 turns.append((*qk, per_key[qk]))
             samples.append(_sample(split, i, turns, r))
             captions.append(caption_record(samples[-1], caption_3d(lab)))
+            reports.append(report_record(samples[-1], lab, i))
         (tmp / f"{split}.json").write_text(json.dumps(samples, indent=1) + "\n")
+        (tmp / f"{split}_reports.json").write_text(json.dumps(reports, indent=1) + "\n")
         if split == "train":
             (tmp / "captions.json").write_text(json.dumps(captions, indent=1) + "\n")
         meta["counts"][split] = {"total": len(samples), "question_types": answer_counts(samples)}
@@ -209,7 +216,8 @@ def build_demo_3d(
         force: rebuild even when ``out_dir`` already holds a build with these parameters.
 
     Returns:
-        The folder with ``train.json``, ``val.json``, ``captions.json``, ``volumes/`` and ``meta.json``.
+        The folder with ``train.json``, ``val.json``, ``captions.json``, ``train_reports.json``,
+        ``val_reports.json``, ``volumes/`` and ``meta.json``.
 
     Raises:
         FileExistsError: ``out_dir`` exists, is not empty and is not a 3D demo build.
@@ -243,6 +251,8 @@ class Demo3dDataModule(DemoDataModule):
     Args:
         root: build folder (``${paths.cache_dir}/demo_3d``); reused when it holds the same build.
         seed, n_train, n_val, depth, volume_size, turns: build parameters (see :func:`build_demo_3d`).
+        task: ``vqa`` (``train.json`` / ``val.json``) or ``report`` (``train_reports.json`` /
+            ``val_reports.json``: one short report per volume).
         **kwargs: every other :class:`MedVLDataModule` argument (``volume`` options, batch size...).
     """
 
@@ -256,9 +266,13 @@ class Demo3dDataModule(DemoDataModule):
         depth: int = 6,
         volume_size: tuple[int, int, int] | list[int] = (6, 64, 64),
         turns: int = 1,
+        task: str = "vqa",
         **kwargs: Any,
     ) -> None:
-        super().__init__(root, seed=seed, n_train=n_train, n_val=n_val, image3d_dir=root, **kwargs)
+        if task not in TASKS:
+            raise ValueError(f"Demo3dDataModule: task must be one of {sorted(TASKS)}, got {task!r}")
+        files = dict(zip(("train_file", "val_file"), TASKS[task]))
+        super().__init__(root, seed=seed, n_train=n_train, n_val=n_val, image3d_dir=root, **files, **kwargs)
         self.build_args = {
             "seed": seed,
             "n_train": n_train,

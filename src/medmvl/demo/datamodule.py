@@ -16,6 +16,7 @@ class DemoDataModule(MedVLDataModule):
     Args:
         root: build folder (``${paths.cache_dir}/demo_2d``); reused when it holds the same build.
         seed, n_train, n_val, image_size, turns, n_reading: build parameters (see :func:`medmvl.demo.build_2d.build_demo_2d`).
+        train_file, val_file: the build's training and held-out annotation files.
         **kwargs: every other :class:`MedVLDataModule` argument (batch size, max length, built parts...).
     """
 
@@ -29,9 +30,12 @@ class DemoDataModule(MedVLDataModule):
         image_size: int = 128,
         turns: int = 4,
         n_reading: int = 0,
+        train_file: str = "train.json",
+        val_file: str = "val.json",
         **kwargs: Any,
     ) -> None:
         self.root = Path(root)
+        self.train_file = train_file
         self.build_args = {
             "seed": seed,
             "n_train": n_train,
@@ -41,8 +45,8 @@ class DemoDataModule(MedVLDataModule):
             "n_reading": n_reading,
         }
         super().__init__(
-            annotations=self.root / "train.json",
-            val_annotations=self.root / "val.json",
+            annotations=self.root / train_file,
+            val_annotations=self.root / val_file,
             image_dir=self.root,
             **kwargs,
         )
@@ -52,6 +56,6 @@ class DemoDataModule(MedVLDataModule):
         build_demo_2d(self.root, **self.build_args)
 
     def setup(self, stage: str | None = None) -> None:
-        if not (self.root / "train.json").exists():
+        if not (self.root / self.train_file).exists():
             self.prepare_data()
         super().setup(stage)

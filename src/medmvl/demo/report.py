@@ -14,7 +14,9 @@ path of ``demo_results.json``, so scripts can ``tail -n1`` it.
 Held-out questions are closed or open: ``heldout_accuracy`` / ``text_only_accuracy`` are the closed
 accuracy, ``chance_accuracy`` the closed chance level, ``open_*`` the open recall and exact match; a
 question without a type is of type ``all``; a multiple-choice (``choice``) question is refused before
-generating (evaluate.py scores those).
+generating (evaluate.py scores those). With a ``protocol`` (an ``evaluation.protocols`` scorer, e.g.
+``ct_rate`` for the 3D demo's reports, ``conf/experiment/demo_3d_report.yaml``) both answer sets are also
+scored by it: ``protocol`` in ``demo_results.json`` holds its overall metrics with the volume and text-only.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medmvl.evaluation.predictions import Question, load_questions, question_rows
+from medmvl.evaluation.protocols.base import Protocol
 from medmvl.evaluation.report import build_report
 from medmvl.inference.generator import Generator
 from medmvl.models.vlm import MedVLM
@@ -80,6 +83,7 @@ def demo_report(
     max_new_tokens: int = 8,
     started_at: float | None = None,
     device: str | None = None,
+    protocol: Protocol | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on held-out questions with and without images; write and print the report.
 
@@ -96,6 +100,7 @@ def demo_report(
         started_at: ``time.time()`` when the run started (default: this process's start, or the end of
             its previous report: the jobs of a -m sweep run one after another in one process).
         device: Where to generate (default: CUDA when available, else where the model is).
+        protocol: Also score both answer sets by this protocol (``protocol`` in the results).
 
     Returns:
         ``heldout_accuracy``, ``text_only_accuracy``, ``chance_accuracy``, ``n_closed``, ``open_recall``,
@@ -107,12 +112,16 @@ def demo_report(
     options = {"image_dir": image_dir, "image3d_dir": image3d_dir, "batch_size": batch_size}
     with_image, text_only = _generate(model, hp, questions, device, max_new_tokens=max_new_tokens, **options)
     results, predictions = demo_results(questions, with_image, text_only, annotations)
+    if protocol is not None:
+        results["protocol"] = protocol_results(protocol, questions, with_image, text_only)
     # a -m sweep runs its jobs one after another in this process: a later job counts from the previous report
     start = started_at if started_at is not None else (_LAST_REPORT["at"] or process_start_time())
     results["minutes"] = round((time.time() - start) / 60.0, 2)
     path = _write(Path(output_dir), results, predictions)
     _LAST_REPORT["at"] = time.time()
     Console().print(_table(results))
+    if "protocol" in results:
+        Console().print(_protocol_table(protocol, results["protocol"]))
     print(path, flush=True)
     return {**{k: results[k] for k in RETURNED}, "demo_results": str(path)}
 
@@ -198,6 +207,31 @@ def demo_results(
         "per_question_type": per_type,
     }
     return results, _predictions(questions, img_scores, txt_scores)
+
+
+def protocol_results(
+    protocol: Protocol, questions: list[Question], with_image: list[str], text_only: list[str]
+) -> dict[str, Any]:
+    """Both answer sets' overall metrics by ``protocol``, with its name and what it cannot compute here."""
+    img, _ = protocol.evaluate(question_rows(questions, with_image))
+    txt, _ = protocol.evaluate(question_rows(questions, text_only))
+    return {**protocol.describe(), "with_image": img["overall"], "text_only": txt["overall"]}
+
+
+def _protocol_table(protocol: Protocol, entry: dict[str, Any]) -> Table:
+    table = Table(title=f"held-out answers scored by protocol {entry['name']}")
+    for name in ("metric", "with image", "text only"):
+        table.add_column(name, justify="left" if name == "metric" else "right")
+    for key, title in protocol.columns:
+        if key in entry["unavailable"]:
+            table.add_row(title, "n/a", "n/a")
+        else:
+            table.add_row(title, *(_num(entry[side].get(key)) for side in ("with_image", "text_only")))
+    return table
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _type_entry(entry: dict[str, Any]) -> dict[str, Any]:
