@@ -13,6 +13,7 @@ from medmvl.data.schema import load_annotations
 from medmvl.demo import build_3d as demo3d
 from medmvl.demo.report import demo_report, heldout_questions, protocol_results
 from medmvl.demo.reports_3d import organ_labels, report_3d, report_labels
+from medmvl.evaluation.predictions import PredictionRow
 from medmvl.evaluation.protocols.ct_rate import CtRateProtocol
 from medmvl.models.vlm import MedVLM
 from tests.conftest import compose_train
@@ -51,10 +52,17 @@ def test_experiment_composes_with_the_ct_rate_protocol(tmp_path: Path) -> None:
     cfg = compose_train(["experiment=demo_3d_report"], output_dir=tmp_path)
     base = compose_train(["experiment=demo_3d"], output_dir=tmp_path)
     assert cfg.data.task == "report" and cfg.encoder == base.encoder and cfg.llm == base.llm
-    protocol = instantiate(cfg.post_train.protocol)
+    # as train.py builds it: the protocol (and its labeller) instantiated inside the post_train partial
+    protocol = instantiate(cfg.post_train).keywords["protocol"]
     assert isinstance(protocol, CtRateProtocol)
     assert protocol.labeller([report_3d(LAB)]) == [report_labels(LAB)]
     assert set(protocol.unavailable()) <= {"meteor"}  # labels come from the labeller
+    scored, _ = protocol.evaluate([_row(report_3d(LAB))])
+    assert scored["overall"]["label_f1"] == pytest.approx(3 / 6) and scored["overall"]["crg"] == 1.0
+
+
+def _row(report: str) -> PredictionRow:
+    return PredictionRow("r", report, report, "open", "report_3d", "demo")
 
 
 def test_unknown_task_refused(tmp_path: Path) -> None:

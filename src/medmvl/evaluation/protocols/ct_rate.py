@@ -164,7 +164,8 @@ class CtRateProtocol(Protocol):
         try:
             from hydra.utils import instantiate
 
-            labeller = instantiate(self.labeller)
+            # a config, or already built (a protocol nested in an instantiated config gets a callable)
+            labeller = self.labeller if callable(self.labeller) else instantiate(self.labeller)
             predicted = dict(zip((r.id for r in reports), labeller([r.prediction for r in reports])))
             truth = dict(zip((r.id for r in reports), labeller([r.reference for r in reports])))
         except Exception as err:  # a labeller whose weights or package are absent
