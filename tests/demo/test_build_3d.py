@@ -225,10 +225,7 @@ def test_demo_report_reads_volumes_as_training_did(
         **PARAMS,
         max_length=256,
         volume={"intensity": "uint8", "crop_foreground": False},
-        tokenizer=model.tokenizer,
-        image_token_counts=model.image_token_counts,
-        image_config=model.image_config,
-        volume_config=model.volume_config,
+        **model.data_parts(),
     )
     seen: list[dict] = []
 

@@ -121,10 +121,7 @@ def test_demo_report_scores_generated_reports(
         task="report",
         max_length=256,
         volume={"intensity": "uint8", "crop_foreground": False},
-        tokenizer=model.tokenizer,
-        image_token_counts=model.image_token_counts,
-        image_config=model.image_config,
-        volume_config=model.volume_config,
+        **model.data_parts(),
     )
     protocol = CtRateProtocol(labeller={"_target_": "medmvl.demo.reports_3d.organ_labels", "_partial_": True})
     out = demo_report(

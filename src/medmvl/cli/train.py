@@ -96,12 +96,7 @@ def _fit_parts(cfg: DictConfig, tokenizer: Any) -> tuple[Any, Any, L.Trainer]:
     L.seed_everything(cfg.seed, workers=True)  # neither the tokenizer nor the check draws random numbers
     model = build_model(cfg, tokenizer=tokenizer)
     # plain dicts/lists (not DictConfig) in the data module's hparams keep checkpoints weights_only-loadable
-    datamodule = instantiate(cfg.data, _convert_="all")(
-        tokenizer=model.tokenizer,
-        image_token_counts=model.image_token_counts,
-        image_config=model.image_config,  # None without a 2D tower
-        volume_config=model.volume_config,  # None without a 3D tower
-    )
+    datamodule = instantiate(cfg.data, _convert_="all")(**model.data_parts())
     module = MedVLMModule(
         model,
         optimizer=instantiate(cfg.optimizer),

@@ -7,7 +7,8 @@ through the same ``image3d`` loader as user data. ``build_demo_3d`` writes ``tra
 pre-training), ``train_reports.json`` / ``val_reports.json`` (per volume of each split, an open "write a
 short report" question about the same file with its organ ``labels``, ``reports_3d``, for
 ``experiment=demo_3d_report``), ``volumes/{train,val}/*.npy`` and ``meta.json`` (parameters, counts per
-question type and answer, split), and reuses a folder that already holds a build with the same parameters (``demo_build``).
+question type and answer, split), and reuses a folder that already holds a build with the same parameters
+(``demo_build``).
 
 The parts: ``demo3d_volume`` (the CT, renderings, labels from the mask and the z split without leakage),
 ``demo3d_questions`` (balanced question plan and phrasing), ``demo3d_captions``; this module writes the

@@ -108,6 +108,15 @@ class MedVLM(nn.Module):
         """Preprocessing of the tower serving ``<image3d>`` (``None``: no 3D tower)."""
         return self._tower_preprocess(IMAGE3D_TOKEN)
 
+    def data_parts(self) -> dict[str, Any]:
+        """What a data module is sized from: the tokenizer, tokens per placeholder, 2D / 3D preprocessing."""
+        return {
+            "tokenizer": self.tokenizer,
+            "image_token_counts": self.image_token_counts,
+            "image_config": self.image_config,  # None without a 2D tower
+            "volume_config": self.volume_config,  # None without a 3D tower
+        }
+
     def _tower_preprocess(self, token: str) -> dict[str, Any] | None:
         tower = self.towers.get(token)
         return None if tower is None else dict(getattr(self, tower[0]).preprocess)
