@@ -13,6 +13,11 @@
   stored gradients (three matmuls per chunk, as ``full``). Any other head (a PEFT LoRA-wrapped ``lm_head``,
   an FSDP2-sharded one, whose weight is only gathered inside its own forward) runs each chunk under
   ``torch.utils.checkpoint``: the chunk's logits are recomputed in backward (one more matmul per chunk).
+  With the head's weight tied to the input embedding (Qwen2.5 up to 3B, Llama-3.2, SmolLM2) and both
+  trained, :func:`tied_embedding` and the head share one fp32 gradient buffer (a :class:`TiedGrad`): the
+  head's chunks accumulate into it in the forward, the embedding's backward adds its rows into the same
+  buffer, and the weight receives it once. Autograd alone would hold a second dense ``[v, d]`` gradient
+  (the embedding's) and then their sum: 1.2 GB each for Qwen2.5-3B's in fp32.
 * ``liger`` -- Liger-Kernel's fused linear cross-entropy (CUDA, ``pip install liger-kernel``).
 * ``auto`` -- ``chunked`` on every device.
 
@@ -58,6 +63,7 @@ def lm_head_loss(
     impl: str = "chunked",
     chunk_size: int | None = None,
     softcap: float | None = None,
+    tied: TiedGrad | None = None,
 ) -> torch.Tensor:
     """Summed cross-entropy of ``head(rows)`` against ``targets``.
 
@@ -68,6 +74,8 @@ def lm_head_loss(
         impl: ``full`` | ``chunked`` | ``liger`` (``auto`` resolved by :func:`resolve_loss`).
         chunk_size: rows per chunk; ``None``: :func:`default_chunk_size` of the head's width.
         softcap: final logit soft-capping, or ``None``.
+        tied: the buffer from :func:`tied_embedding` when the rows come from the head's own (tied)
+            embedding; the head's weight gradient then reaches the weight through the embedding.
 
     Returns:
         The fp32 scalar ``sum_i CE(logits_i, targets_i)``.
@@ -80,6 +88,8 @@ def lm_head_loss(
         return _liger_loss(rows, targets, weight, bias, softcap)
     size = chunk_size or default_chunk_size(weight.shape[0] if weight is not None else 32_768)
     if _plain_linear(head):
+        if tied is not None and torch.is_grad_enabled():  # the weight's gradient via tied_embedding
+            return LinearCrossEntropy.apply(rows, weight.detach(), bias, targets, size, softcap, tied)
         return LinearCrossEntropy.apply(rows, weight, bias, targets, size, softcap)
     grad = torch.is_grad_enabled()
     total = rows.new_zeros((), dtype=torch.float32)
@@ -90,6 +100,61 @@ def lm_head_loss(
         else:
             total = total + _chunk_loss(head, h, t, softcap)
     return total
+
+
+class TiedGrad:
+    """The fp32 ``[v, d]`` gradient of a weight shared by the input embedding and the LM head."""
+
+    def __init__(self) -> None:
+        self.grad: torch.Tensor | None = None
+
+
+def shares_tied_weight(embedding: nn.Module, head: nn.Module) -> bool:
+    """Whether ``embedding`` and the plain-``nn.Linear`` ``head`` share one trainable plain weight."""
+    weight = getattr(embedding, "weight", None)
+    return (
+        type(embedding) is nn.Embedding
+        and _plain_linear(head)
+        and head.weight is weight
+        and weight.requires_grad
+        and embedding.max_norm is None
+        and not embedding.sparse
+    )
+
+
+def tied_embedding(embedding: nn.Embedding, ids: torch.Tensor, tied: TiedGrad) -> torch.Tensor:
+    """``embedding(ids)`` whose weight gradient is the head's (``tied.grad``) plus its own rows."""
+    return _TiedEmbedding.apply(ids, embedding.weight, tied, embedding.padding_idx)
+
+
+class _TiedEmbedding(torch.autograd.Function):
+    """Lookup whose backward adds its rows into the head's gradient buffer (``index_add_``, in place).
+
+    The head's backward always runs first (the embeddings feed the head), so ``tied.grad`` holds the
+    head's gradient by then; without one (no supervised rows) a zero buffer is made.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, ids: torch.Tensor, weight: torch.Tensor, tied: TiedGrad, padding_idx: int | None
+    ) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.tied, ctx.padding_idx, ctx.shape = tied, padding_idx, weight.shape
+        ctx.dtype = weight.dtype
+        return F.embedding(ids, weight, padding_idx)  # [..., d]
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (ids,) = ctx.saved_tensors
+        grad, ctx.tied.grad = ctx.tied.grad, None
+        if grad is None:
+            grad = grad_out.new_zeros(ctx.shape, dtype=torch.float32)  # [v, d]
+        ids, rows = ids.flatten(), grad_out.reshape(-1, ctx.shape[1])  # [n], [n, d]
+        if ctx.padding_idx is not None:  # nn.Embedding: the padding row gets no gradient
+            keep = ids != ctx.padding_idx
+            ids, rows = ids[keep], rows[keep]
+        grad.index_add_(0, ids, rows.to(grad.dtype))
+        return None, grad.to(ctx.dtype), None, None
 
 
 def _plain_linear(head: nn.Module) -> bool:
@@ -142,8 +207,11 @@ class LinearCrossEntropy(torch.autograd.Function):
         targets: torch.Tensor,
         chunk_size: int,
         softcap: float | None,
+        tied: TiedGrad | None = None,
     ) -> torch.Tensor:
         need_rows, need_weight, need_bias = ctx.needs_input_grad[:3]
+        need_weight = need_weight or tied is not None
+        ctx.tied = tied
         grad_rows = torch.empty_like(rows) if need_rows else None  # [s, d]
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None  # [v, d]
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias else None  # [v]
@@ -167,8 +235,11 @@ class LinearCrossEntropy(torch.autograd.Function):
             g = g.to(weight.dtype)  # [c, v]
             if grad_rows is not None:
                 grad_rows[start : start + chunk_size] = g @ weight  # [c, d]
-            if grad_weight is not None:
-                grad_weight += (g.t() @ h.to(weight.dtype)).float()  # [v, d]
+            if grad_weight is not None:  # [v, d], accumulated without a [v, d] temporary in fp32
+                if weight.dtype == torch.float32:
+                    grad_weight.addmm_(g.t(), h.to(weight.dtype))
+                else:  # low-precision product (one [v, d] temporary in that dtype), added in fp32
+                    grad_weight.add_(g.t() @ h.to(weight.dtype))
             if grad_bias is not None:
                 grad_bias += g.float().sum(0)  # [v]
         ctx.save_for_backward(*(x for x in (grad_rows, grad_weight, grad_bias) if x is not None))
@@ -179,7 +250,9 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         saved = iter(ctx.saved_tensors)
-        grads: list[torch.Tensor | None] = []
-        for present, dtype in zip(ctx.present, ctx.dtypes):
-            grads.append((next(saved) * grad_out).to(dtype) if present else None)
-        return (*grads, None, None, None)
+        # scaled in place: a second [v, d] copy would double the peak (the buffers are ours, freed after)
+        grads = [next(saved).mul_(grad_out) if present else None for present in ctx.present]
+        if ctx.tied is not None:  # fp32, to the tied embedding's backward, which runs next
+            ctx.tied.grad, grads[1] = grads[1], None
+        grads = [None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)]
+        return (*grads, None, None, None, None)

@@ -22,7 +22,7 @@ from medmvl.data.schema import IMAGE3D_TOKEN, IMAGE_TOKEN, PLACEHOLDERS
 from medmvl.models.connectors.pooling import AttnPoolConnector
 from medmvl.models.encoders.base import VisionEncoder
 from medmvl.models.llm.loader import LanguageModel
-from medmvl.models.loss import lm_head_loss, resolve_loss
+from medmvl.models.loss import TiedGrad, lm_head_loss, resolve_loss, shares_tied_weight, tied_embedding
 
 
 class MedVLM(nn.Module):
@@ -138,6 +138,7 @@ class MedVLM(nn.Module):
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         pixel_values_3d: torch.Tensor | None = None,
+        tied: TiedGrad | None = None,
     ) -> torch.Tensor:
         """Text embeddings with each modality's features scattered onto its placeholder positions.
 
@@ -145,11 +146,16 @@ class MedVLM(nn.Module):
             input_ids: ``[b, t]`` with ``<image>`` / ``<image3d>`` blocks of ``image_token_counts`` each.
             pixel_values: 2D images ``[k, c, h, w]`` in placeholder order, or ``None``.
             pixel_values_3d: volumes ``[k3, c, d, h, w]`` in placeholder order, or ``None``.
+            tied: the gradient buffer the tied LM head shares (:func:`~medmvl.models.loss.tied_embedding`).
 
         Returns:
             ``[b, t, d_llm]``.
         """
-        embeds = self.llm.get_input_embeddings()(input_ids)  # [b, t, d_llm]
+        embedding = self.llm.get_input_embeddings()
+        if tied is None:
+            embeds = embedding(input_ids)  # [b, t, d_llm]
+        else:
+            embeds = tied_embedding(embedding, input_ids, tied)  # [b, t, d_llm]
         inputs = {"pixel_values": pixel_values, "pixel_values_3d": pixel_values_3d}
         for placeholder in PLACEHOLDERS:  # one code path for every tower
             token, name, pixels = placeholder.token, placeholder.pixel_key, inputs[placeholder.pixel_key]
@@ -201,7 +207,11 @@ class MedVLM(nn.Module):
         Returns:
             ``loss`` (scalar), ``num_tokens`` (supervised targets) and, without labels, ``logits [b, t, v]``.
         """
-        embeds = self.merge(input_ids, pixel_values, pixel_values_3d)
+        head = self.llm.get_output_embeddings()
+        tied = None
+        if labels is not None and torch.is_grad_enabled() and self.loss_impl == "chunked":
+            tied = TiedGrad() if shares_tied_weight(self.llm.get_input_embeddings(), head) else None
+        embeds = self.merge(input_ids, pixel_values, pixel_values_3d, tied)
         decoder = self.llm.get_decoder()
         packed: dict[str, Any] = {}
         if position_ids is not None:  # packed: sample boundaries instead of a padding mask (no cache)
@@ -214,7 +224,6 @@ class MedVLM(nn.Module):
             use_cache=False,
             **packed,
         ).last_hidden_state  # [b, t, d]
-        head = self.llm.get_output_embeddings()
         if labels is None:
             return {"logits": head(hidden)}
         if target_index is None:
@@ -223,7 +232,13 @@ class MedVLM(nn.Module):
         rows = hidden.flatten(0, 1).index_select(0, target_index - 1)  # [s, d]: the position before each
         softcap = getattr(self.llm.config, "final_logit_softcapping", None)
         total = lm_head_loss(
-            rows, targets, head, impl=self.loss_impl, chunk_size=self.loss_chunk_size, softcap=softcap
+            rows,
+            targets,
+            head,
+            impl=self.loss_impl,
+            chunk_size=self.loss_chunk_size,
+            softcap=softcap,
+            tied=tied,
         )  # summed over the s targets; chunked: no [s, v] logits kept
         n = targets.numel()
         loss = total / max(n, 1)

@@ -11,7 +11,15 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from medmvl.data.conversation import IGNORE_INDEX
-from medmvl.models.loss import LinearCrossEntropy, default_chunk_size, lm_head_loss, resolve_loss
+from medmvl.models.loss import (
+    LinearCrossEntropy,
+    TiedGrad,
+    default_chunk_size,
+    lm_head_loss,
+    resolve_loss,
+    shares_tied_weight,
+    tied_embedding,
+)
 from medmvl.models.vlm import MedVLM
 
 
@@ -140,3 +148,36 @@ def test_model_loss_chunked_equals_full(tiny_model: MedVLM) -> None:
     assert g_full.keys() == g_chunk.keys() and g_full
     for name in g_full:
         torch.testing.assert_close(g_chunk[name], g_full[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("padding_idx", [None, 3])
+def test_tied_embedding_shares_one_gradient_buffer(padding_idx: int | None) -> None:
+    """``tied_embedding`` + the head's buffer: the same gradients as autograd's two dense ones, summed."""
+    torch.manual_seed(0)
+    embed = nn.Embedding(50, 8, padding_idx=padding_idx)
+    head = nn.Linear(8, 50, bias=False)
+    head.weight = embed.weight
+    assert shares_tied_weight(embed, head)
+    ids = torch.tensor([3, 1, 3, 7, 49, 0, 3, 12, 7])
+    targets = torch.randint(0, 50, (8,))
+    grads = []
+    for use_buffer in (False, True):
+        embed.weight.grad = None
+        tied = TiedGrad() if use_buffer else None
+        e = tied_embedding(embed, ids, tied) if use_buffer else embed(ids)  # [9, d]
+        rows = torch.tanh(e[:-1])  # [8, d]
+        (lm_head_loss(rows, targets, head, impl="chunked", chunk_size=3, tied=tied) * 0.5).backward()
+        grads.append(embed.weight.grad.clone())
+        assert tied is None or tied.grad is None  # handed to the weight, not kept
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+    if padding_idx is not None:  # the padding row: only the head's share, as nn.Embedding does
+        assert grads[1][padding_idx].abs().sum() > 0
+
+
+def test_tied_detection() -> None:
+    embed, head = nn.Embedding(20, 4), nn.Linear(4, 20, bias=False)
+    assert not shares_tied_weight(embed, head)  # separate weights
+    head.weight = embed.weight
+    assert shares_tied_weight(embed, head)
+    embed.weight.requires_grad_(False)
+    assert not shares_tied_weight(embed, head)  # frozen (LoRA): nothing to share
