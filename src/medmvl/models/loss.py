@@ -192,9 +192,10 @@ def _liger_loss(
 class LinearCrossEntropy(torch.autograd.Function):
     """``sum CE(rows @ weight.T + bias, targets)``, chunk by chunk, gradients computed in the forward.
 
-    Per chunk of ``c`` rows: logits ``[c, v]`` (fp32, in place), their log-sum-exp, the loss, then the
-    softmax minus the one-hot target is the gradient of the logits; ``grad_rows = g @ weight`` and
-    ``grad_weight += g.T @ rows`` (accumulated in fp32). Only ``[s, d]``, ``[v, d]`` and ``[v]`` gradients
+    Per chunk of ``c`` rows: logits ``[c, v]`` (fp32; max-shifted, exponentiated and normalised in
+    place, so one ``[c, v]`` buffer), their log-sum-exp, the loss, then the softmax minus the one-hot
+    target is the gradient of the logits; ``grad_rows = g @ weight`` and ``grad_weight += g.T @ rows``
+    (accumulated in fp32, in place). Only ``[s, d]``, ``[v, d]`` and ``[v]`` gradients
     are kept for backward. The matmuls run in the weight's dtype, as ``F.linear`` does for ``full``.
     """
 
@@ -223,12 +224,14 @@ class LinearCrossEntropy(torch.autograd.Function):
             if softcap:
                 capped = torch.tanh(logits / softcap)  # [c, v]
                 logits = capped * softcap
-            lse = torch.logsumexp(logits, dim=-1)  # [c]
             picked = logits.gather(1, t.unsqueeze(1)).squeeze(1)  # [c]
-            total += (lse - picked).sum()
+            top = logits.amax(1, keepdim=True)  # [c, 1]
+            g = logits.sub_(top).exp_()  # [c, v]: exp(logits - max), in place (no logsumexp temporary)
+            norm = g.sum(1, keepdim=True)  # [c, 1]
+            total += (top.squeeze(1) + norm.log().squeeze(1) - picked).sum()  # log-sum-exp - picked
             if grad_rows is None and grad_weight is None and grad_bias is None:
                 continue
-            g = logits.sub_(lse.unsqueeze(1)).exp_()  # [c, v]: softmax, in place
+            g.div_(norm)  # [c, v]: softmax
             g[torch.arange(t.shape[0], device=t.device), t] -= 1.0
             if capped is not None:
                 g.mul_(1.0 - capped.square_())
