@@ -240,7 +240,8 @@ class LinearCrossEntropy(torch.autograd.Function):
                 grad_rows[start : start + chunk_size] = g @ weight  # [c, d]
             if grad_weight is not None:  # [v, d], accumulated without a [v, d] temporary in fp32
                 if weight.dtype == torch.float32:
-                    grad_weight.addmm_(g.t(), h.to(weight.dtype))
+                    # addmm with out= (not addmm_): FlopCounterMode has no formula for the in-place op
+                    torch.addmm(grad_weight, g.t(), h.to(weight.dtype), out=grad_weight)
                 else:  # low-precision product (one [v, d] temporary in that dtype), added in fp32
                     grad_weight.add_(g.t() @ h.to(weight.dtype))
             if grad_bias is not None:

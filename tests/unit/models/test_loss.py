@@ -181,3 +181,19 @@ def test_tied_detection() -> None:
     assert shares_tied_weight(embed, head)
     embed.weight.requires_grad_(False)
     assert not shares_tied_weight(embed, head)  # frozen (LoRA): nothing to share
+
+
+def test_flop_counter_sees_the_chunked_matmuls() -> None:
+    """``FlopCounterMode`` (the MFU check of ``gpu_scale.py``) counts the chunked path as the full one:
+    forward, grad-rows and grad-weight matmuls, 3 x 2 x s x d x v (an in-place ``addmm_`` it does not count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    head, rows, targets = _case(bias=False)
+    counts = []
+    for impl in ("full", "chunked"):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            lm_head_loss(rows, targets, head, impl=impl, chunk_size=8).backward()
+        counts.append(counter.get_total_flops())
+    s, d, v = rows.shape[0], rows.shape[1], head.out_features
+    assert counts == [3 * 2 * s * d * v] * 2
