@@ -13,7 +13,7 @@ cannot train 36 in minutes); the vision tower is a from-scratch SigLIP-style ViT
   order), ``bucketed`` (``LengthBuckets``) and ``packed`` (``pack_length`` rows, ``sdpa_packed``), against
   Llava padded.
 
-Usage: ``python experiments/bench/real_shapes.py [--layers 1] [--repeats 1]``; writes
+Usage: ``python experiments/bench/real_shapes.py [--layers 1] [--repeats 1] [--quick]``; writes
 ``results/real_shapes.json`` (and ``results/real_shapes_memory_<system>.json`` with ``--memory``).
 """
 
@@ -38,16 +38,18 @@ from medmvl.data.packing import PackingCollator
 HERE = Path(__file__).parent
 
 
-def model_overrides(layers: int) -> list[str]:
+def model_overrides(layers: int, quick: bool = False) -> list[str]:
+    """Qwen2.5-3B's width (``quick``: a 256-wide smoke-test LLM, the same vocabulary and token counts)."""
+    hidden, intermediate, heads = (256, 512, 4) if quick else (2048, 11008, 16)
     return [
         "encoder=siglip_small",
         "encoder.config.image_size=128",
         "encoder.config.patch_size=8",
         "connector=mlp",
         "llm=tiny",
-        "llm.config.hidden_size=2048",
-        "llm.config.intermediate_size=11008",
-        "llm.config.num_attention_heads=16",
+        f"llm.config.hidden_size={hidden}",
+        f"llm.config.intermediate_size={intermediate}",
+        f"llm.config.num_attention_heads={heads}",
         "llm.config.num_key_value_heads=2",
         f"llm.config.num_hidden_layers={layers}",
         "stage=finetune",
@@ -90,7 +92,7 @@ def zero(module: torch.nn.Module) -> None:
 
 def memory(system: str, args: argparse.Namespace) -> dict:
     """Peak RSS of one forward + backward of (a)'s first batch, in this (fresh) process."""
-    model, _ = common.build_model(model_overrides(args.layers))
+    model, _ = common.build_model(model_overrides(args.layers, args.quick))
     folder = Path(tempfile.mkdtemp(prefix="medmvl-bench-"))
     items = common.items(model, write_samples(folder, args.batch_size, 0, args.answer_words))
     batch = Collator(model.tokenizer.pad_token_id)(items[: args.batch_size])
@@ -124,6 +126,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--memory", choices=["medmvl", "hf"], default=None)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="a 256-wide LLM: checks the script runs")
     common.add_threads_arg(parser)
     args = parser.parse_args()
     common.set_threads(args.threads)
@@ -131,7 +134,7 @@ def main() -> None:
         memory(args.memory, args)
         return
     machine = common.machine()
-    model, _ = common.build_model(model_overrides(args.layers))
+    model, _ = common.build_model(model_overrides(args.layers, args.quick))
     twin = common.llava_twin(model)
     pad = model.tokenizer.pad_token_id
     folder = Path(tempfile.mkdtemp(prefix="medmvl-bench-"))
@@ -171,7 +174,7 @@ def main() -> None:
     a_tokens = sum(tokens(b) for b in a_batches)
     result: dict[str, Any] = {
         "machine": machine,
-        "model": model_overrides(args.layers),
+        "model": model_overrides(args.layers, args.quick),
         "loss_diff_medmvl_vs_llava": diff,
         "a": {
             "batch_size": args.batch_size,
@@ -207,6 +210,7 @@ def main() -> None:
                 str(args.layers),
             ]
             cmd += ["--batch-size", str(args.batch_size), "--answer-words", str(args.answer_words)]
+            cmd += ["--quick"] if args.quick else []
             subprocess.run(cmd + (["--threads", str(args.threads)] if args.threads else []), check=True)
 
 

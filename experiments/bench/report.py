@@ -115,7 +115,53 @@ def render() -> str:
                 f"torch.compile (decoder layers): first step {c['first_step_s']:.0f} s (compiling), then "
                 f"{c['tokens_per_s']:.1f} tokens/s vs eager {c['eager_tokens_per_s']:.1f} ({c['speedup']:.2f}×)."
             )
+    lines += real_shapes_tables()
     return "\n".join(lines) + "\n"
+
+
+def real_shapes_tables() -> list[str]:
+    """``real_shapes.py``: (a) report-length answers at Qwen2.5-3B width, (c) padded / bucketed / packed."""
+    shapes, mem_m, mem_h = (
+        _load(n) for n in ("real_shapes", "real_shapes_memory_medmvl", "real_shapes_memory_hf")
+    )
+    if not shapes:
+        return []
+    m, a = shapes["machine"], shapes["a"]
+    width = next((o.split("=")[1] for o in shapes["model"] if o.startswith("llm.config.hidden_size=")), "?")
+    lines = [
+        "",
+        f"Real shapes ({m.get('date', '?')}, load average at start {m.get('load_average_at_start', '?')}): "
+        f"Qwen2.5's 151,936-token vocabulary and tokenizer, an LLM of hidden size {width} "
+        "(Qwen2.5-3B: 2048; 1 decoder layer, tied embeddings), 256 image tokens (128 px, patch 8), fp32, "
+        f"random weights shared with the Llava twin (loss difference {shapes['loss_diff_medmvl_vs_llava']:.1e}).",
+        "",
+        "| measure | medmvl | transformers Llava | ratio | target |",
+        "|---|---|---|---|---|",
+        f"| (a) training tokens/s, batch {a['batch_size']} × {a['tokens_per_sample']:.0f} tokens "
+        f"({a['supervised_per_sample']:.0f} supervised) | {a['medmvl_tokens_per_s']:.1f} | "
+        f"{a['hf_tokens_per_s']:.1f} | **{a['ratio']:.2f}×** | ≥ 1.5× |",
+    ]
+    if mem_m and mem_h:
+        lines.append(
+            f"| (a) peak RSS of a training step, MiB (above the loaded model) | {mem_m['peak_rss_mib']:.0f} "
+            f"(+{mem_m['above_loaded_mib']:.0f}) | {mem_h['peak_rss_mib']:.0f} (+{mem_h['above_loaded_mib']:.0f}) "
+            f"| **{mem_h['above_loaded_mib'] / max(mem_m['above_loaded_mib'], 1):.2f}× less** | ≥ 2× |"
+        )
+    lines += [
+        "",
+        "(c) A mix of long (report) and short (closed question) samples, 4 a step, forward + backward:",
+        "",
+        "| layout | non-pad share | rows × width per step | tokens/s | vs Llava padded | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, x in shapes["c"].items():
+        rows = ", ".join(f"{r} × {w}" for r, w in x["rows_x_width"])
+        target = "≥ 1.5×" if name.startswith("medmvl") else ""
+        lines.append(
+            f"| {name} | {_pct(x['non_pad_share'])} | {rows} | {x['tokens_per_s']:.1f} | "
+            f"{x['vs_hf_padded']:.2f}× | {target} |"
+        )
+    return lines
 
 
 def main() -> None:

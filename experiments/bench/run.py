@@ -28,8 +28,9 @@ def main() -> None:
         "train": ["--steps", "1", "--batch-size", "4", "--epoch-samples", "16"],
         "generate": ["--batch-size", "2", "--new-tokens", "4", "--repeats", "1"],
         "loader": ["--volumes", "2", "--steps", "1"],
+        "real_shapes": ["--quick", "--answer-words", "40", "--mix", "4"],
     }
-    size = quick if args.quick else {"train": [], "generate": [], "loader": []}
+    size = quick if args.quick else {name: [] for name in quick}
     if args.quick:  # smoke numbers must not overwrite the recorded results
         os.environ["MEDMVL_BENCH_RESULTS"] = tempfile.mkdtemp(prefix="medmvl-bench-quick-")
         print(f"--quick: results go to {os.environ['MEDMVL_BENCH_RESULTS']}")
@@ -39,6 +40,7 @@ def main() -> None:
         ["train_speed.py", "--memory", "hf", *size["train"]],
         ["generate_speed.py", *size["generate"]],
         ["loader_3d.py", *size["loader"]],
+        ["real_shapes.py", *size["real_shapes"]],  # and its --memory medmvl|hf processes
     ]
     for job in jobs:
         t0 = time.perf_counter()
