@@ -14,6 +14,7 @@ from medmvl.data.conversation import IGNORE_INDEX
 from medmvl.models.loss import (
     LinearCrossEntropy,
     TiedGrad,
+    balanced_chunk,
     default_chunk_size,
     lm_head_loss,
     resolve_loss,
@@ -109,6 +110,22 @@ def test_bf16_matches_full_to_bf16_rounding() -> None:
     for got, want in zip(_grads(out, head, rows), _grads(ref, head, rows)):
         assert got.dtype == want.dtype
         torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-3)
+
+
+def test_autocast_bf16_matches_full() -> None:
+    """fp32 weights under bf16 autocast (``bf16-mixed``): the logits matmul in bf16 as the full path's."""
+    head, rows, targets = _case(bias=True, v=1000)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = _reference(head, rows, targets)
+        out = lm_head_loss(rows, targets, head, impl="chunked", chunk_size=7)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-3)
+    for got, want in zip(_grads(out, head, rows), _grads(ref, head, rows)):
+        torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=5e-3)
+
+
+@pytest.mark.parametrize(("rows", "chunk", "want"), [(763, 220, 191), (440, 220, 220), (5, 64, 5), (0, 8, 1)])
+def test_balanced_chunks(rows: int, chunk: int, want: int) -> None:
+    assert balanced_chunk(rows, chunk) == want
 
 
 def test_names_and_sizes() -> None:
