@@ -105,14 +105,31 @@ def _fit_parts(cfg: DictConfig, tokenizer: Any) -> tuple[Any, Any, L.Trainer]:
         nonfinite_loss=cfg.get("nonfinite_loss", "raise"),
         compile=bool(cfg.get("compile", False)),
     )
+    resolved = resolve_trainer_precision(cfg, width=model.llm.config.hidden_size)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=_instantiate_all(cfg.get("callbacks")),
         logger=_instantiate_all(cfg.get("logger")),
     )
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    if resolved.requested != resolved.precision:  # what auto measured, next to what it chose
+        hparams["precision_auto"] = resolved.measurements
     for logger in trainer.loggers:  # every logger, e.g. logger=[csv,wandb]
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(hparams)
     return module, datamodule, trainer
+
+
+def resolve_trainer_precision(cfg: DictConfig, width: int | None = None) -> Any:
+    """Replace ``trainer.precision=auto`` in ``cfg`` by the precision this machine trains fastest in
+    (:func:`medmvl.training.precision.resolve_precision`; ``width``: the probed block's, the LLM's hidden
+    size) and log what was measured; other values stay. Returns the ``Resolved`` record."""
+    from medmvl.training.precision import resolve_precision
+
+    resolved = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"), width=width)
+    if resolved.requested != resolved.precision:
+        cfg.trainer.precision = resolved.precision
+        log.info("%s", resolved.describe())
+    return resolved
 
 
 def _after_fit(cfg: DictConfig, module: Any, datamodule: Any, trainer: L.Trainer) -> dict[str, Any]:
