@@ -125,7 +125,11 @@ def resolve_trainer_precision(cfg: DictConfig, width: int | None = None) -> Any:
     size) and log what was measured; other values stay. Returns the ``Resolved`` record."""
     from medmvl.training.precision import resolve_precision
 
-    resolved = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"), width=width)
+    strategy = cfg.trainer.get("strategy")
+    policy = strategy.get("param_dtype") if isinstance(strategy, DictConfig) else None  # trainer=fsdp
+    resolved = resolve_precision(
+        cfg.trainer.get("precision"), cfg.trainer.get("accelerator"), width=width, policy_dtype=policy
+    )
     if resolved.requested != resolved.precision:
         cfg.trainer.precision = resolved.precision
         log.info("%s", resolved.describe())

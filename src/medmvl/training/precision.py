@@ -14,6 +14,7 @@
   bf16 step is at least ``MARGIN`` times faster, else ``32-true``. A bf16 matmul far slower than fp32
   (no native bf16) stops the probe before the step. Well under a second where bf16 is native; measured
   once per process (and inherited by the processes Lightning's launcher starts, so every rank agrees).
+* A strategy with its own mixed precision (``trainer=fsdp``: FSDP2's ``param_dtype``): ``32-true``.
 * Anything else (``bf16-mixed``, ``32-true``, ``16-mixed``, ...) is returned unchanged.
 
 docs/precision.md has the numbers of both machines measured so far.
@@ -180,6 +181,7 @@ def resolve_precision(
     accelerator: str | None = "auto",
     *,
     width: int | None = None,
+    policy_dtype: str | None = None,
     probe: Callable[[], dict[str, Any]] | None = None,
     cuda_available: bool | None = None,
     bf16_supported: Callable[[], bool] | None = None,
@@ -191,6 +193,8 @@ def resolve_precision(
         value: ``auto``, or any Lightning precision (returned unchanged, as a string).
         accelerator: the trainer's ``accelerator`` (``cpu``, ``gpu``/``cuda``, ``auto``, ...).
         width: the probed block's width, e.g. the LLM's hidden size (default ``WIDTH``).
+        policy_dtype: the strategy's own compute dtype (``trainer=fsdp``'s ``param_dtype``): then
+            ``32-true``, since Lightning must not autocast on top of it.
         probe: returns the CPU measurements (default: :func:`probe_cpu`, measured once per process and
             width); tests inject fixed timings.
         cuda_available, bf16_supported: default ``torch.cuda.is_available`` / ``is_bf16_supported``.
@@ -202,6 +206,9 @@ def resolve_precision(
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
     device = _device(accelerator, cuda_available)
+    if policy_dtype:
+        reason = f"the strategy computes in {policy_dtype} itself: no autocast on top"
+        return Resolved(FP32, AUTO, device, {"reason": reason})
     if device == "cuda":
         if not cuda_available:
             return Resolved(FP32, AUTO, device, {"reason": "CUDA asked for but not available"})

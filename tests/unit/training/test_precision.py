@@ -144,3 +144,13 @@ def test_train_path_leaves_explicit_precision(tmp_path, monkeypatch: pytest.Monk
         cfg = compose_train([f"trainer={trainer}"], output_dir=tmp_path)
         resolved = resolve_trainer_precision(cfg, width=64)
         assert cfg.trainer.precision == expected == resolved.precision and resolved.requested == expected
+
+
+def test_fsdp_policy_keeps_32_true(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision, "probe_cpu", lambda **_: _no_probe())
+    cfg = compose_train(["trainer=fsdp", "trainer.precision=auto"], output_dir=tmp_path)
+    resolved = resolve_trainer_precision(cfg, width=64)
+    assert cfg.trainer.precision == FP32 and "bfloat16" in resolved.describe()
+    cfg = compose_train(["trainer=fsdp", "trainer.precision=auto", "trainer.strategy.param_dtype=null"])
+    monkeypatch.setattr(precision, "probe_cpu", lambda **kw: _timings(30.0, 10.0)())
+    assert resolve_trainer_precision(cfg, width=64).precision == BF16  # no policy: probed like cpu

@@ -12,6 +12,13 @@ mask and all.
 FlexAttention (``attn_implementation=flex_attention``, transformers builds a ``BlockMask`` from packed
 ``position_ids``) is the GPU alternative without flash-attn; on the CPU, torch 2.14 has no FlexAttention
 backward ("FlexAttention does not support backward on CPU"), so it cannot train there.
+
+On the CPU, attention of short sequences under bf16 (``trainer.precision=bf16-mixed``: autocast runs
+SDPA in bf16) is computed in fp32, autocast off, and the output cast to bf16: torch 2.14's CPU
+flash-attention kernel is slower in bf16 than in fp32 there (causal SDPA forward + backward, 9 heads of
+64, one thread, AMD EPYC with AVX-512 BF16, 2026-12-03: 8 x 96 tokens 31 ms bf16 vs 15 ms fp32, 18 ms
+with the casts; 16 x 32: 15 vs 4 ms; 8 x 128: 35 vs 27 ms; 2 x 512: 77 vs 80 ms, so from
+``CPU_FP32_MAX_LEN`` positions on bf16 stays). docs/precision.md has the whole-step numbers.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 NAME = "sdpa_packed"
+# bf16 attention on the CPU is upcast to fp32 up to this many query positions (per sample when packed)
+CPU_FP32_MAX_LEN = 256
 
 
 def packed_sdpa_forward(
@@ -44,11 +53,58 @@ def packed_sdpa_forward(
     one causal SDPA per sample; else :func:`sdpa_attention_forward` unchanged.
     """
     bounds = kwargs.get("cu_seq_lens_q")
+    if _upcast(query, key, value, bounds):  # fp32 kernels, autocast (which would cast back to bf16) off
+        if attention_mask is not None and attention_mask.is_floating_point():
+            attention_mask = attention_mask.float()  # SDPA takes a float mask in the query's dtype
+        with torch.autocast("cpu", enabled=False):
+            out, weights = _attend(
+                module,
+                query.float(),
+                key.float(),
+                value.float(),
+                attention_mask,
+                bounds,
+                dropout,
+                scaling,
+                **kwargs,
+            )
+        return out.to(torch.bfloat16), weights
+    return _attend(module, query, key, value, attention_mask, bounds, dropout, scaling, **kwargs)
+
+
+def _attend(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    bounds: torch.Tensor | list[int] | None,
+    dropout: float,
+    scaling: float | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     if bounds is None or query.shape[2] != key.shape[2]:  # not packed, or decoding with a cache
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     return _per_sample(query, key, value, bounds, dropout, scaling)
+
+
+def _upcast(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: torch.Tensor | list[int] | None
+) -> bool:
+    """Whether attention on the CPU runs in fp32 instead of bf16: bf16 inputs, or bf16 autocast (which
+    runs SDPA in bf16; the inputs are partly fp32 there, RoPE promotes q and k), and at most
+    ``CPU_FP32_MAX_LEN`` query positions (the longest packed sample's)."""
+    if query.device.type != "cpu":
+        return False
+    autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if not autocast and torch.bfloat16 not in (query.dtype, key.dtype, value.dtype):
+        return False
+    if bounds is None:
+        return query.shape[2] <= CPU_FP32_MAX_LEN
+    offsets = bounds.tolist() if isinstance(bounds, torch.Tensor) else list(bounds)
+    return max((b - a for a, b in zip(offsets[:-1], offsets[1:])), default=0) <= CPU_FP32_MAX_LEN
 
 
 @torch.compiler.disable  # host offsets and a loop over samples: eager inside a compiled decoder layer
