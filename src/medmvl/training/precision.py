@@ -7,13 +7,14 @@
   ``32-true`` (``16-mixed`` needs loss scaling; ask for it explicitly).
 * CPU: measured. Whether bf16 pays depends on the chip (AMX, AVX-512 BF16 or neither) and on what the
   step does besides matmuls, so a fast bf16 matmul alone does not decide it (on an Intel Xeon with AMX
-  the matmul was 3.1x fp32 and the step no faster). :func:`probe_cpu` times a training step of a small
-  transformer block (LayerNorm, attention, MLP at width 512; fp32 parameters, forward under
-  ``torch.autocast("cpu", torch.bfloat16)`` as Lightning's ``bf16-mixed`` runs it, backward outside)
-  against the same step in fp32, warm-up excluded, median of a few repeats; ``bf16-mixed`` only when the
-  bf16 step is at least ``MARGIN`` times faster, else ``32-true``. A bf16 matmul far slower than fp32
-  (no native bf16) stops the probe before the step. Well under a second where bf16 is native; measured
-  once per process (and inherited by the processes Lightning's launcher starts, so every rank agrees).
+  the matmul was 3.1x fp32 and the step no faster). :func:`probe_cpu` times a training step of one
+  transformer block (LayerNorm, attention, GELU MLP; 2 x 64 positions at the LLM's hidden size, which
+  train.py passes; fp32 parameters, forward under ``torch.autocast("cpu", torch.bfloat16)`` as
+  Lightning's ``bf16-mixed`` runs it, backward outside) against the same step in fp32, warm-up
+  excluded, the median of back-to-back pairs; ``bf16-mixed`` only when the bf16 step is at least
+  ``MARGIN`` times faster, else ``32-true``. A bf16 matmul far slower than fp32 (no native bf16) stops
+  the probe before the step. About a second or less; measured once per process (and inherited by the
+  processes Lightning's launcher starts, so every rank agrees).
 * A strategy with its own mixed precision (``trainer=fsdp``: FSDP2's ``param_dtype``): ``32-true``.
 * Anything else (``bf16-mixed``, ``32-true``, ``16-mixed``, ...) is returned unchanged.
 
@@ -43,7 +44,9 @@ MARGIN = 1.15
 MATMUL_GATE = 4.0
 # the probed block: batch 2 x 64 positions at the model's width (default: 512, a small LLM's)
 WIDTH, BATCH, SEQ = 512, 2, 64
-REPEATS = 5
+# at least REPEATS fp32 / bf16 step pairs, more (up to MAX_PAIRS) until MIN_MEASURE_S of measuring:
+# steps of a narrow block take ~2 ms, where one descheduled thread doubles a step
+REPEATS, MAX_PAIRS, MIN_MEASURE_S = 3, 40, 0.25
 # what resolve_precision passes to child processes (Lightning's launcher re-runs train.py for ranks 1..)
 _ENV = "MEDMVL_PRECISION_AUTO"
 _CACHE: dict[str, Resolved] = {}
@@ -117,12 +120,13 @@ def probe_cpu(repeats: int = REPEATS, width: int = WIDTH, margin: float = MARGIN
     """Time an fp32 and a bf16-autocast training step (forward + backward) of a small block on the CPU.
 
     First a gate: the fastest of a few ``[64, width] @ [width, width]`` matmuls in each dtype; bf16 more
-    than ``MATMUL_GATE`` times slower (no native bf16) ends the probe there. Then one warm-up step of
-    each, and ``repeats`` fp32 / bf16 pairs, alternating (so load on a shared machine hits both alike);
-    the medians are compared.
+    than ``MATMUL_GATE`` times slower (no native bf16) ends the probe there. Then a warm-up step of
+    each, and fp32 / bf16 step pairs back to back (so load on a shared machine hits both alike): at
+    least ``repeats``, more until ``MIN_MEASURE_S`` have been spent measuring (``MAX_PAIRS`` at most).
 
-    Returns ``fp32_step_ms``, ``bf16_step_ms``, ``bf16_speedup`` (fp32 / bf16; above 1: bf16 faster),
-    the gate's ``matmul_fp32_ms`` / ``matmul_bf16_ms``, ``width``, ``threads`` and ``probe_ms``; without
+    Returns the median step times ``fp32_step_ms`` / ``bf16_step_ms``, ``bf16_speedup`` (the median of
+    the pairs' fp32 / bf16 ratios, what :func:`resolve_precision` compares with the margin; above 1:
+    bf16 faster), ``pairs``, the gate's ``matmul_fp32_ms`` / ``matmul_bf16_ms``, ``width``, ``threads`` and ``probe_ms``; without
     the step numbers (and with ``reason``) when the gate stopped it.
     """
     start = time.perf_counter()
@@ -159,12 +163,20 @@ def probe_cpu(repeats: int = REPEATS, width: int = WIDTH, margin: float = MARGIN
         return time.perf_counter() - t0
 
     step(False), step(True)  # warm-up: kernels chosen, buffers allocated
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(repeats):
-        for bf16 in (False, True):
-            times[bf16].append(step(bf16))
-    fp32, bf16 = statistics.median(times[False]), statistics.median(times[True])
-    out.update(fp32_step_ms=fp32 * 1e3, bf16_step_ms=bf16 * 1e3, bf16_speedup=fp32 / bf16)
+    pairs: list[tuple[float, float]] = []
+    measuring = time.perf_counter()
+    while len(pairs) < MAX_PAIRS and (
+        len(pairs) < repeats or time.perf_counter() - measuring < MIN_MEASURE_S
+    ):
+        pairs.append((step(False), step(True)))
+    fp32 = statistics.median(p[0] for p in pairs)
+    bf16 = statistics.median(p[1] for p in pairs)
+    out.update(
+        fp32_step_ms=fp32 * 1e3,
+        bf16_step_ms=bf16 * 1e3,
+        bf16_speedup=statistics.median(f / b for f, b in pairs),
+        pairs=len(pairs),
+    )
     out["probe_ms"] = (time.perf_counter() - start) * 1e3
     return out
 
@@ -234,5 +246,6 @@ def resolve_precision(
 def _from_probe(m: dict[str, Any], margin: float) -> Resolved:
     if "fp32_step_ms" not in m or "bf16_step_ms" not in m:
         return Resolved(FP32, AUTO, "cpu", {"reason": "bf16 not probed", **m})
-    m = {**m, "bf16_speedup": m["fp32_step_ms"] / m["bf16_step_ms"], "margin": margin}
-    return Resolved(choose(m["fp32_step_ms"], m["bf16_step_ms"], margin), AUTO, "cpu", m)
+    speedup = m.get("bf16_speedup") or m["fp32_step_ms"] / m["bf16_step_ms"]
+    m = {**m, "bf16_speedup": speedup, "margin": margin}
+    return Resolved(BF16 if speedup >= margin else FP32, AUTO, "cpu", m)

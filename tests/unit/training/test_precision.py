@@ -79,7 +79,8 @@ def test_auto_on_cpu_probes_once_and_reports(monkeypatch: pytest.MonkeyPatch) ->
     assert m["matmul_fp32_ms"] > 0 and m["matmul_bf16_ms"] > 0
     if "reason" not in m:  # the gate let the step probe run
         assert m["fp32_step_ms"] > 0 and m["bf16_step_ms"] > 0
-        assert resolved.precision == choose(m["fp32_step_ms"], m["bf16_step_ms"])
+        assert m["pairs"] >= precision.REPEATS
+        assert resolved.precision == (BF16 if m["bf16_speedup"] >= precision.MARGIN else FP32)
     # measured once per process (and width); a process Lightning's launcher starts inherits the choice
     monkeypatch.setattr(precision, "probe_cpu", lambda **_: _no_probe())
     assert resolve_precision("auto", "cpu", width=64, cuda_available=False) is resolved
