@@ -241,36 +241,20 @@ def memory(args: argparse.Namespace) -> dict:
         "loss": out["loss"],
         "tokens": tokens(batches[0]),
     }
-    Path(args.memory_out).write_text(json.dumps(result))
+    Path(args.out).write_text(json.dumps(result))
     return result
 
 
 def run_memory(name: str, args: argparse.Namespace) -> dict[str, dict]:
-    """``--memory`` of both systems, each in a fresh process (run side by side: peak RSS is per process)."""
-    procs = {}
+    """``--memory`` of both systems, each in a fresh process (side by side under ``--quick``: peak RSS is
+    per process; one after the other at full size, where two would not fit this machine's memory)."""
+    results, running = {}, {}
     for system in ("medmvl", "hf"):
-        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-            out = Path(f.name)
-        cmd = [sys.executable, str(HERE / "ct_batch.py"), "--memory", system, "--config", name]
-        cmd += ["--memory-out", str(out)]
-        for key in (
-            "layers",
-            "siglip_layers",
-            "m3d_layers",
-            "batch_size",
-            "steps",
-            "answer_words",
-            "threads",
-        ):
-            if getattr(args, key) is not None:
-                cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-        procs[system] = (subprocess.Popen(cmd + (["--quick"] if args.quick else [])), out)
-    results = {}
-    for system, (proc, out) in procs.items():
-        if proc.wait() != 0:
-            raise RuntimeError(f"--memory {system} --config {name} failed ({proc.returncode})")
-        results[system] = json.loads(out.read_text())
-        out.unlink()
+        running[system] = subprocess_json(args, ["--memory", system, "--config", name])
+        if not args.quick:
+            results[system] = collect(*running.pop(system), f"--memory {system} --config {name}")
+    for system, (proc, out) in running.items():
+        results[system] = collect(proc, out, f"--memory {system} --config {name}")
     return results
 
 
@@ -298,8 +282,9 @@ def config_record(model: Any, cfg: Any, name: str, args: argparse.Namespace) -> 
     }
 
 
-def fed(model: Any, dm: Any, opt: torch.optim.Optimizer, steps: int) -> dict:
-    """medmvl steps fed by the real loader: seconds each step waited for its batch, and step seconds."""
+def fed(model: Any, dm: Any, steps: int) -> dict:
+    """medmvl forward + backward steps drawing their batches from the recipe's loader (its workers and the
+    step share the CPU): seconds each step waited for its batch. No update: a shorter step, a harder test."""
     loader = dm.train_dataloader()
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(0)
@@ -308,12 +293,12 @@ def fed(model: Any, dm: Any, opt: torch.optim.Optimizer, steps: int) -> dict:
         t0 = time.perf_counter()
         batch = next(it)
         waits.append(time.perf_counter() - t0)
-        s = step("medmvl", model, opt, batch)
-        seconds.append(s["fwd_bwd_s"] + s["update_s"])
+        seconds.append(step("medmvl", model, None, batch)["fwd_bwd_s"])
     del it, loader
     return {
+        "workers": dm.hparams.num_workers,
         "wait_s": [round(w, 3) for w in waits],
-        "step_s": [round(s, 2) for s in seconds],
+        "fwd_bwd_s": [round(s, 2) for s in seconds],
         # the first wait includes starting the workers and their first batches, before any step ran
         "wait_after_first_s": round(sum(waits[1:]), 3),
     }
@@ -362,33 +347,62 @@ def bench(name: str, args: argparse.Namespace, folder: Path) -> dict:
         }
     rec["ratio_steps_per_s"] = rec["medmvl"]["steps_per_s"] / rec["hf"]["steps_per_s"]
     rec["ratio_fwd_bwd"] = rec["medmvl"]["fwd_bwd_tokens_per_s"] / rec["hf"]["fwd_bwd_tokens_per_s"]
-    step_volumes = args.batch_size * rec["medmvl"]["steps_per_s"]
-    loader: dict[str, Any] = {
-        "workers": None,
-        "batch_size": args.batch_size,
-        "step_volumes_per_s": step_volumes,
-    }
-    for kind in ("npy", "nifti"):
-        dm = datamodule(model, cfg, folder / kind / "ct.json", args.batch_size, args.workers)
-        loader["workers"] = dm.hparams.num_workers
-        rates = loader_rate(dm)
-        loader[kind] = {
-            "volumes": len(dm.train_set),
-            "epoch_volumes_per_s": rates,
-            "headroom": max(rates) / step_volumes,
-        }
-        if kind == "npy":
-            loader["fed"] = fed(model, dm, opt, args.fed_steps)
-        del dm
-        gc.collect()
-    rec["loader"] = loader
-    rec["loader_volumes_per_s"] = max(loader["npy"]["epoch_volumes_per_s"])
-    rec["step_volumes_per_s"] = step_volumes
-    rec["loader_headroom"] = rec["loader_volumes_per_s"] / step_volumes
-    rec["loader_headroom_nifti"] = loader["nifti"]["headroom"]
-    del model, opt
+    del opt  # AdamW state and gradients freed: the fed steps below fork the loader's workers
+    gc.collect()
+    dm = datamodule(model, cfg, folder / "npy" / "ct.json", args.batch_size, args.workers)
+    rec["fed"] = fed(model, dm, args.fed_steps)
+    del dm
     gc.collect()
     return rec
+
+
+def loader(args: argparse.Namespace) -> dict:
+    """``--loader``: volumes/s of the recipe's loader over the npy and nifti sets, in this (fresh) process.
+
+    The model is built on the meta device (its tokenizer, token counts and preprocessing are what the data
+    module needs), so the workers fork from a process without weights.
+    """
+    folder = Path(args.folder)
+    with torch.device("meta"):
+        model, cfg = common.build_model(overrides(args.config, args))
+    out: dict[str, Any] = {"batch_size": args.batch_size}
+    for kind, workers in (("npy", args.workers), ("nifti", args.nifti_workers)):
+        dm = datamodule(model, cfg, folder / kind / "ct.json", args.batch_size, workers)
+        rates = loader_rate(dm)
+        out[kind] = {"workers": dm.hparams.num_workers, "volumes": len(dm.train_set)}
+        out[kind]["epoch_volumes_per_s"] = rates
+        out[kind]["volumes_per_s"] = max(rates)
+        del dm
+        gc.collect()
+    Path(args.out).write_text(json.dumps(out))
+    return out
+
+
+def subprocess_json(args: argparse.Namespace, extra: list[str]) -> tuple[subprocess.Popen, Path]:
+    """This script with ``extra`` and the shape arguments of ``args`` in a fresh process, writing ``--out``."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = Path(f.name)
+    cmd = [sys.executable, str(HERE / "ct_batch.py"), *extra, "--out", str(out)]
+    for key in ("layers", "siglip_layers", "m3d_layers", "batch_size", "steps", "answer_words", "threads"):
+        if getattr(args, key) is not None:
+            cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    return subprocess.Popen(cmd + (["--quick"] if args.quick else [])), out
+
+
+def collect(proc: subprocess.Popen, out: Path, what: str) -> dict:
+    if proc.wait() != 0:
+        raise RuntimeError(f"{what} failed ({proc.returncode})")
+    result = json.loads(out.read_text())
+    out.unlink()
+    return result
+
+
+def run_loader(name: str, args: argparse.Namespace, folder: Path) -> dict:
+    extra = ["--loader", "--config", name, "--folder", str(folder)]
+    for key in ("workers", "nifti_workers"):
+        if getattr(args, key) is not None:
+            extra += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    return collect(*subprocess_json(args, extra), f"--loader --config {name}")
 
 
 def main() -> None:
@@ -402,17 +416,22 @@ def main() -> None:
     parser.add_argument("--volumes", type=int, default=None, help="npy volumes for the loader (default 16)")
     parser.add_argument("--nifti-volumes", type=int, default=None, help="raw CT copies (default 8)")
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: the recipe's)")
-    parser.add_argument("--fed-steps", type=int, default=None, help="steps fed by the loader (default 3)")
+    parser.add_argument(
+        "--nifti-workers", type=int, default=None, help="workers for the raw CT (default 2: memory)"
+    )
+    parser.add_argument("--fed-steps", type=int, default=None, help="steps fed by the loader (default 2)")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--quick", action="store_true", help="smallest sizes: a smoke test")
     parser.add_argument("--memory", choices=["medmvl", "hf"], default=None)
-    parser.add_argument("--config", choices=list(CONFIGS), default=None, help="with --memory")
-    parser.add_argument("--memory-out", default=None, help="with --memory: where its JSON goes")
+    parser.add_argument("--loader", action="store_true", help="the loader alone (with --config, --folder)")
+    parser.add_argument("--config", choices=list(CONFIGS), default=None, help="with --memory / --loader")
+    parser.add_argument("--folder", default=None, help="with --loader: the volume sets")
+    parser.add_argument("--out", default=None, help="with --memory / --loader: where its JSON goes")
     parser.add_argument("--skip-memory", action="store_true")
     common.add_threads_arg(parser)
     args = parser.parse_args()
     defaults = {"siglip_layers": 2, "m3d_layers": 12, "steps": 2, "answer_words": 300, "volumes": 16}
-    defaults |= {"nifti_volumes": 8, "fed_steps": 3}
+    defaults |= {"nifti_volumes": 8, "nifti_workers": 2, "fed_steps": 2}
     if args.quick:
         defaults |= {"siglip_layers": 1, "m3d_layers": 1, "steps": 1, "answer_words": 20, "volumes": 4}
         defaults |= {"nifti_volumes": 2, "fed_steps": 2, "workers": 2}
@@ -422,6 +441,9 @@ def main() -> None:
     common.set_threads(args.threads)
     if args.memory:
         memory(args)
+        return
+    if args.loader:
+        loader(args)
         return
     t_start = time.perf_counter()
     result: dict[str, Any] = {"machine": common.machine(), "quick": args.quick, "args": vars(args).copy()}
@@ -439,6 +461,12 @@ def main() -> None:
         for name in args.configs:
             t0 = time.perf_counter()
             rec = bench(name, args, folder)
+            rec["loader"] = run_loader(name, args, folder)
+            step_volumes = args.batch_size * rec["medmvl"]["steps_per_s"]
+            rec["loader_volumes_per_s"] = rec["loader"]["npy"]["volumes_per_s"]
+            rec["step_volumes_per_s"] = step_volumes
+            rec["loader_headroom"] = rec["loader_volumes_per_s"] / step_volumes
+            rec["loader_headroom_nifti"] = rec["loader"]["nifti"]["volumes_per_s"] / step_volumes
             if not args.skip_memory:
                 rec["memory"] = run_memory(name, args)
                 mem = rec["memory"]
