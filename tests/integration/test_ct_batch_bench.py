@@ -76,8 +76,14 @@ def test_quick_run_rates_memory_and_loader_headroom(quick_run: dict[str, Any]) -
         assert r["loader_volumes_per_s"] > 0 and r["step_volumes_per_s"] > 0
         assert r["loader_headroom"] == pytest.approx(r["loader_volumes_per_s"] / r["step_volumes_per_s"])
         assert r["loader_headroom_nifti"] > 0
-        assert r["loader"]["workers"] == 2 and r["loader"]["npy"]["volumes"] >= 2
-        assert len(r["loader"]["fed"]["wait_s"]) == quick_run["args"]["fed_steps"]
+        assert r["loader_volumes_per_s"] == r["loader"]["npy"]["volumes_per_s"]
+        assert r["loader_headroom_nifti"] == pytest.approx(
+            r["loader"]["nifti"]["volumes_per_s"] / r["step_volumes_per_s"]
+        )
+        for kind in ("npy", "nifti"):
+            assert r["loader"][kind]["workers"] == 2 and r["loader"][kind]["volumes"] >= 2
+            assert len(r["loader"][kind]["epoch_volumes_per_s"]) == 2
+        assert len(r["fed"]["wait_s"]) == quick_run["args"]["fed_steps"] and r["fed"]["workers"] == 2
         assert all(math.isfinite(v) for v in row.values())
         assert row["loader_headroom"] == r["loader_headroom"]
         assert row["medmvl_peak_rss_mib"] == r["memory"]["medmvl"]["peak_rss_mib"]
