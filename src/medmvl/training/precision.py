@@ -47,6 +47,9 @@ WIDTH, BATCH, SEQ = 512, 2, 64
 # at least REPEATS fp32 / bf16 step pairs, more (up to MAX_PAIRS) until MIN_MEASURE_S of measuring:
 # steps of a narrow block take ~2 ms, where one descheduled thread doubles a step
 REPEATS, MAX_PAIRS, MIN_MEASURE_S = 3, 40, 0.25
+# the probe's torch threads: one measures the kernels, not a shared machine's thread scheduling (two
+# threads on a 2-core VM next to other jobs gave 0.99-1.34x for a block that is 1.9-2.3x on one)
+PROBE_THREADS = 1
 # what resolve_precision passes to child processes (Lightning's launcher re-runs train.py for ranks 1..)
 _ENV = "MEDMVL_PRECISION_AUTO"
 _CACHE: dict[str, Resolved] = {}
@@ -116,7 +119,9 @@ def _best_time(fn: Callable[[], Any], repeats: int) -> float:
     return min(times)
 
 
-def probe_cpu(repeats: int = REPEATS, width: int = WIDTH, margin: float = MARGIN) -> dict[str, Any]:
+def probe_cpu(
+    repeats: int = REPEATS, width: int = WIDTH, margin: float = MARGIN, threads: int | None = PROBE_THREADS
+) -> dict[str, Any]:
     """Time an fp32 and a bf16-autocast training step (forward + backward) of a small block on the CPU.
 
     First a gate: the fastest of a few ``[64, width] @ [width, width]`` matmuls in each dtype; bf16 more
@@ -127,8 +132,21 @@ def probe_cpu(repeats: int = REPEATS, width: int = WIDTH, margin: float = MARGIN
     Returns the median step times ``fp32_step_ms`` / ``bf16_step_ms``, ``bf16_speedup`` (the median of
     the pairs' fp32 / bf16 ratios, what :func:`resolve_precision` compares with the margin; above 1:
     bf16 faster), ``pairs``, the gate's ``matmul_fp32_ms`` / ``matmul_bf16_ms``, ``width``, ``threads`` and ``probe_ms``; without
-    the step numbers (and with ``reason``) when the gate stopped it.
+    the step numbers (and with ``reason``) when the gate stopped it. ``threads``: the torch threads it
+    runs on (default one: the kernels' bf16 / fp32 ratio, steady on a machine shared with other jobs,
+    where a multi-threaded step waits for descheduled threads; None: the current setting), restored
+    after; ``run_threads`` is the setting it found.
     """
+    run_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return {**_probe(repeats, width, margin), "run_threads": run_threads}
+    finally:
+        torch.set_num_threads(run_threads)
+
+
+def _probe(repeats: int, width: int, margin: float) -> dict[str, Any]:
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(64, width, generator=gen)

@@ -75,7 +75,8 @@ def test_auto_on_cpu_probes_once_and_reports(monkeypatch: pytest.MonkeyPatch) ->
     resolved = resolve_precision("auto", "cpu", width=64, cuda_available=False)
     assert resolved.precision in (BF16, FP32) and resolved.requested == "auto"
     m = resolved.measurements
-    assert m["width"] == 64 and m["threads"] == torch.get_num_threads() and m["probe_ms"] > 0
+    assert m["width"] == 64 and m["threads"] == 1 and m["run_threads"] == torch.get_num_threads()
+    assert m["probe_ms"] > 0
     assert m["matmul_fp32_ms"] > 0 and m["matmul_bf16_ms"] > 0
     if "reason" not in m:  # the gate let the step probe run
         assert m["fp32_step_ms"] > 0 and m["bf16_step_ms"] > 0
@@ -91,8 +92,10 @@ def test_auto_on_cpu_probes_once_and_reports(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_probe_measures_both_steps_where_bf16_matmuls_are_native(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precision, "MATMUL_GATE", float("inf"))  # the step probe runs on any CPU
-    m = precision.probe_cpu(repeats=1, width=64)
+    threads = torch.get_num_threads()
+    m = precision.probe_cpu(repeats=1, width=64, threads=None)
     assert m["fp32_step_ms"] > 0 and m["bf16_step_ms"] > 0 and "reason" not in m
+    assert m["threads"] == threads == torch.get_num_threads()
 
 
 def test_cuda_with_bf16_is_bf16_mixed_without_a_probe(monkeypatch: pytest.MonkeyPatch) -> None:
