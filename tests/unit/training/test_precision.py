@@ -158,3 +158,19 @@ def test_fsdp_policy_keeps_32_true(tmp_path, monkeypatch: pytest.MonkeyPatch) ->
     cfg = compose_train(["trainer=fsdp", "trainer.precision=auto", "trainer.strategy.param_dtype=null"])
     monkeypatch.setattr(precision, "probe_cpu", lambda **kw: _timings(30.0, 10.0)())
     assert resolve_trainer_precision(cfg, width=64).precision == BF16  # no policy: probed like cpu
+
+
+@pytest.mark.slow
+def test_a_run_with_auto_logs_the_choice_in_its_hparams(tmp_path, colour_data: list[str]) -> None:
+    """train() end to end: the trainer runs in the resolved precision, the hparams hold what was measured."""
+    import yaml
+
+    from medmvl.cli.train import train
+
+    run = tmp_path / "run"
+    overrides = ["trainer.precision=auto", "trainer.max_steps=1", "trainer.limit_val_batches=0"]
+    cfg = compose_train([*overrides, "save_model=false", *colour_data], output_dir=run)
+    train(cfg)
+    hparams = yaml.safe_load(next(run.rglob("hparams.yaml")).read_text())
+    assert hparams["trainer"]["precision"] == cfg.trainer.precision and cfg.trainer.precision in (BF16, FP32)
+    assert hparams["precision_auto"]["width"] == 64 and "matmul_fp32_ms" in hparams["precision_auto"]
