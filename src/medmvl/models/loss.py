@@ -196,6 +196,16 @@ def balanced_chunk(rows: int, chunk_size: int) -> int:
     return max(1, -(-rows // chunks))
 
 
+def _autocast_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` in the autocast dtype when autocast is on (the dtype its matmuls would cast it to), else
+    itself. A detached or tied weight is not in autocast's cast cache, so each chunk's two matmuls would
+    otherwise cast the whole ``[v, d]`` weight again."""
+    device = weight.device.type
+    if weight.dtype != torch.float32 or not torch.is_autocast_enabled(device):
+        return weight
+    return weight.detach().to(torch.get_autocast_dtype(device))
+
+
 def _chunk_logits(
     h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor
 ) -> torch.Tensor:
@@ -238,9 +248,10 @@ class LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=rows.device)
         chunk_size = balanced_chunk(rows.shape[0], chunk_size)
         buffer = rows.new_empty((chunk_size, weight.shape[0]), dtype=torch.float32)  # [c, v], every chunk's
+        matmul_weight = _autocast_weight(weight)  # [v, d]; under autocast cast once, not twice per chunk
         for start in range(0, rows.shape[0], chunk_size):
             h, t = rows[start : start + chunk_size], targets[start : start + chunk_size]  # [c, d], [c]
-            logits = _chunk_logits(h, weight, bias, buffer[: h.shape[0]])  # [c, v] fp32
+            logits = _chunk_logits(h, matmul_weight, bias, buffer[: h.shape[0]])  # [c, v] fp32
             capped = None
             if softcap:
                 capped = torch.tanh(logits / softcap)  # [c, v]
@@ -258,7 +269,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                 g.mul_(1.0 - capped.square_())
             g = g.to(weight.dtype)  # [c, v]
             if grad_rows is not None:
-                grad_rows[start : start + chunk_size] = g @ weight  # [c, d]
+                grad_rows[start : start + chunk_size] = g @ matmul_weight  # [c, d]
             if grad_weight is not None:  # [v, d], accumulated without a [v, d] temporary in fp32
                 if weight.dtype == torch.float32:
                     # addmm with out= (not addmm_): FlopCounterMode has no formula for the in-place op
