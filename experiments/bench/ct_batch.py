@@ -21,8 +21,10 @@ depth. Samples are the pre-training format (``plain``: the volume's tokens, then
   (``MedVLM.merge``) feeding the HF LLM (``model.llm``, a ``Qwen2ForCausalLM``: the very same weights) with
   ``inputs_embeds`` + ``labels`` (its own loss: logits over the vocabulary at every position); medmvl is the
   model's own forward (LM head on the supervised positions only, chunked). Each step is forward + backward
-  + an AdamW update (lr 0: the weights stay put, so every step of both computes the same loss), steps of
-  the two interleaved after one warm-up each. Tokens = sample tokens (image tokens included).
+  (``--adamw``: and an AdamW update at lr 0, the same work for both; off by default: its state did not fit
+  beside the other jobs of this shared machine), so the weights stay put and every step of both computes
+  the same loss; steps of the two interleaved after one warm-up each (whose losses are the check on the
+  first batch). Tokens = sample tokens (image tokens included).
 * ``--memory medmvl|hf --config NAME``: peak resident memory of one forward + backward of the first batch,
   in a fresh process per system and configuration, and above the loaded model.
 * Loader (``--loader --config NAME``, a fresh process; the model on the meta device, so the workers fork
@@ -40,7 +42,7 @@ depth. Samples are the pre-training format (``plain``: the volume's tokens, then
 
 Usage: ``python experiments/bench/ct_batch.py [--layers 1 --steps 2 --batch-size 2] [--quick]``; writes
 ``results/ct_batch.json``. ``--quick``: a smoke test at the smallest sizes (4-slice 32 px volumes, a
-64-wide LLM, 1 step, 2 workers), same file name.
+64-wide LLM, 1 step, 2 workers; loader and memory processes side by side), same file name.
 """
 
 from __future__ import annotations
@@ -250,19 +252,6 @@ def memory(args: argparse.Namespace) -> dict:
     return result
 
 
-def run_memory(name: str, args: argparse.Namespace) -> dict[str, dict]:
-    """``--memory`` of both systems, each in a fresh process (side by side under ``--quick``: peak RSS is
-    per process; one after the other at full size, where two would not fit this machine's memory)."""
-    results, running = {}, {}
-    for system in ("medmvl", "hf"):
-        running[system] = subprocess_json(args, ["--memory", system, "--config", name])
-        if not args.quick:
-            results[system] = collect(*running.pop(system), f"--memory {system} --config {name}")
-    for system, (proc, out) in running.items():
-        results[system] = collect(proc, out, f"--memory {system} --config {name}")
-    return results
-
-
 def config_record(model: Any, cfg: Any, name: str, args: argparse.Namespace) -> dict:
     enc = model.encoder
     vit = getattr(enc, "slice_encoder", enc)
@@ -323,13 +312,12 @@ def bench(name: str, args: argparse.Namespace, folder: Path) -> dict:
             int(b["target_index"].numel()) / b["input_ids"].shape[0] for b in batches
         ),
     }
-    with torch.no_grad():
-        ours, theirs = float(medmvl_loss(model, batches[0])), float(hf_loss(model, batches[0]))
-    rec["loss_check"] = {"medmvl": ours, "hf": theirs, "abs_diff": abs(ours - theirs)}
-    opt = optimizer(model)
+    opt = optimizer(model) if args.adamw else None
     warm, timed = batches[0], batches[1:]
     runs: dict[str, list[dict]] = {"medmvl": [], "hf": []}
     warmup = {s: step(s, model, opt, warm) for s in ("hf", "medmvl")}  # AdamW state allocated here
+    ours, theirs = warmup["medmvl"]["loss"], warmup["hf"]["loss"]  # the first batch, the same weights
+    rec["loss_check"] = {"medmvl": ours, "hf": theirs, "abs_diff": abs(ours - theirs)}
     for i, batch in enumerate(timed):  # interleaved, alternating which system goes first
         for system in ("medmvl", "hf") if i % 2 == 0 else ("hf", "medmvl"):
             runs[system].append(step(system, model, opt, batch))
@@ -340,11 +328,11 @@ def bench(name: str, args: argparse.Namespace, folder: Path) -> dict:
     n_tokens = sum(tokens(b) for b in timed)
     for system, rs in runs.items():
         fb = sum(r["fwd_bwd_s"] for r in rs)
-        total = fb + sum(r["update_s"] for r in rs)
+        total = fb + sum(r.get("update_s", 0.0) for r in rs)
         rec[system] = {
             "fwd_bwd_s": [round(r["fwd_bwd_s"], 3) for r in rs],
-            "update_s": [round(r["update_s"], 3) for r in rs],
-            "warmup_s": round(warmup[system]["fwd_bwd_s"] + warmup[system]["update_s"], 2),
+            "update_s": [round(r["update_s"], 3) for r in rs] if args.adamw else None,
+            "warmup_s": round(warmup[system]["fwd_bwd_s"] + warmup[system].get("update_s", 0.0), 2),
             "losses": [r["loss"] for r in rs],
             "steps_per_s": len(rs) / total,
             "tokens_per_s": n_tokens / total,
@@ -352,7 +340,7 @@ def bench(name: str, args: argparse.Namespace, folder: Path) -> dict:
         }
     rec["ratio_steps_per_s"] = rec["medmvl"]["steps_per_s"] / rec["hf"]["steps_per_s"]
     rec["ratio_fwd_bwd"] = rec["medmvl"]["fwd_bwd_tokens_per_s"] / rec["hf"]["fwd_bwd_tokens_per_s"]
-    del opt  # AdamW state and gradients freed: the fed steps below fork the loader's workers
+    del opt  # AdamW state (--adamw) freed: the fed steps below fork the loader's workers
     gc.collect()
     dm = datamodule(model, cfg, folder / "npy" / "ct.json", args.batch_size, args.workers)
     rec["fed"] = fed(model, dm, args.fed_steps)
@@ -402,12 +390,25 @@ def collect(proc: subprocess.Popen, out: Path, what: str) -> dict:
     return result
 
 
-def run_loader(name: str, args: argparse.Namespace, folder: Path) -> dict:
-    extra = ["--loader", "--config", name, "--folder", str(folder)]
+def apart(name: str, args: argparse.Namespace, folder: Path) -> dict[str, dict]:
+    """``--loader`` and (unless ``--skip-memory``) ``--memory`` of both systems for ``name``, each in a fresh
+    process: side by side under ``--quick`` (peak RSS is per process), one after the other at full size
+    (two full-size models beside the loader's workers would not fit this machine's memory)."""
+    loader_args = ["--loader", "--config", name, "--folder", str(folder)]
     for key in ("workers", "nifti_workers"):
         if getattr(args, key) is not None:
-            extra += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-    return collect(*subprocess_json(args, extra), f"--loader --config {name}")
+            loader_args += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    jobs = {"loader": loader_args}
+    if not args.skip_memory:
+        jobs |= {system: ["--memory", system, "--config", name] for system in ("medmvl", "hf")}
+    results, running = {}, {}
+    for key, extra in jobs.items():
+        running[key] = subprocess_json(args, extra)
+        if not args.quick:
+            results[key] = collect(*running.pop(key), f"{extra[0]} {key} --config {name}")
+    for key, (proc, out) in running.items():
+        results[key] = collect(proc, out, f"{jobs[key][0]} {key} --config {name}")
+    return results
 
 
 def main() -> None:
@@ -427,6 +428,12 @@ def main() -> None:
     parser.add_argument("--fed-steps", type=int, default=None, help="steps fed by the loader (default 2)")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--quick", action="store_true", help="smallest sizes: a smoke test")
+    parser.add_argument(
+        "--adamw",
+        action="store_true",
+        help="time an AdamW update (lr 0) in each step too; off: forward + backward only (its 2 x 1.5 GB "
+        "state at full size ran this shared machine out of memory)",
+    )
     parser.add_argument("--memory", choices=["medmvl", "hf"], default=None)
     parser.add_argument("--loader", action="store_true", help="the loader alone (with --config, --folder)")
     parser.add_argument("--config", choices=list(CONFIGS), default=None, help="with --memory / --loader")
@@ -466,21 +473,22 @@ def main() -> None:
         for name in args.configs:
             t0 = time.perf_counter()
             rec = bench(name, args, folder)
-            rec["loader"] = run_loader(name, args, folder)
+            measured = apart(name, args, folder)
+            rec["loader"] = measured.pop("loader")
             step_volumes = args.batch_size * rec["medmvl"]["steps_per_s"]
             rec["loader_volumes_per_s"] = rec["loader"]["npy"]["volumes_per_s"]
             rec["step_volumes_per_s"] = step_volumes
             rec["loader_headroom"] = rec["loader_volumes_per_s"] / step_volumes
             rec["loader_headroom_nifti"] = rec["loader"]["nifti"]["volumes_per_s"] / step_volumes
-            if not args.skip_memory:
-                rec["memory"] = run_memory(name, args)
-                mem = rec["memory"]
+            if measured:
+                rec["memory"] = mem = measured
                 rec["memory_ratio_peak"] = mem["hf"]["peak_rss_mib"] / mem["medmvl"]["peak_rss_mib"]
                 rec["memory_ratio_above_loaded"] = (
                     mem["hf"]["above_loaded_mib"] / mem["medmvl"]["above_loaded_mib"]
                 )
             rec["wall_s"] = round(time.perf_counter() - t0, 1)
             result["configs"][name] = rec
+            common.save("ct_batch", result)  # what is measured so far survives a later failure
             print(
                 f"{name}: {json.dumps({k: v for k, v in rec.items() if not isinstance(v, dict)})}", flush=True
             )
