@@ -116,6 +116,7 @@ def render() -> str:
                 f"{c['tokens_per_s']:.1f} tokens/s vs eager {c['eager_tokens_per_s']:.1f} ({c['speedup']:.2f}×)."
             )
     lines += real_shapes_tables()
+    lines += ct_batch_table()
     return "\n".join(lines) + "\n"
 
 
@@ -160,6 +161,37 @@ def real_shapes_tables() -> list[str]:
         lines.append(
             f"| {name} | {_pct(x['non_pad_share'])} | {rows} | {x['tokens_per_s']:.1f} | "
             f"{x['vs_hf_padded']:.2f}× | {target} |"
+        )
+    return lines
+
+
+def ct_batch_table() -> list[str]:
+    """``ct_batch.py``: (b) a CT training batch per 3D stack, medmvl vs the HF LLM's own loss, and the loader."""
+    ct = _load("ct_batch")
+    if not ct.get("configs"):
+        return []
+    m = ct["machine"]
+    lines = [
+        "",
+        f"(b) A CT batch at MedM-VL-CT-Chest shapes ({m.get('date', '?')}, load average at start "
+        f"{m.get('load_average_at_start', '?')}): batch {ct['args']['batch_size']}, the LLM of (a); baseline the "
+        "same encoder + connector into the HF LLM with inputs_embeds + labels (Llava has no 3D tower).",
+        "",
+        "| stack | image tokens / volume | steps/s medmvl / HF | ratio | peak RSS above loaded, MiB: medmvl / HF "
+        "| loader volumes/s vs step | loader headroom (target > 1×) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, c in ct["configs"].items():
+        if "medmvl" not in c:
+            continue
+        mem = c.get("memory", {})
+        mm, mh = mem.get("medmvl", {}), mem.get("hf", {})
+        memory = f"{mm['above_loaded_mib']:.0f} / {mh['above_loaded_mib']:.0f}" if mm and mh else "-"
+        lines.append(
+            f"| {name} ({c['config']['encoder_layers']} encoder layers) | {c['config']['image_tokens_per_volume']} "
+            f"(encoder {c['config']['encoder_tokens_per_volume']}) | {c['medmvl']['steps_per_s']:.4f} / "
+            f"{c['hf']['steps_per_s']:.4f} | **{c['ratio_steps_per_s']:.2f}×** | {memory} | "
+            f"{c['loader_volumes_per_s']:.2f} vs {c['step_volumes_per_s']:.3f} | **{c['loader_headroom']:.0f}×** |"
         )
     return lines
 

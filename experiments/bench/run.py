@@ -29,6 +29,7 @@ def main() -> None:
         "generate": ["--batch-size", "2", "--new-tokens", "4", "--repeats", "1"],
         "loader": ["--volumes", "2", "--steps", "1"],
         "real_shapes": ["--quick", "--answer-words", "40", "--mix", "4"],
+        "ct_batch": ["--quick"],
     }
     size = quick if args.quick else {name: [] for name in quick}
     if args.quick:  # smoke numbers must not overwrite the recorded results
@@ -41,6 +42,7 @@ def main() -> None:
         ["generate_speed.py", *size["generate"]],
         ["loader_3d.py", *size["loader"]],
         ["real_shapes.py", *size["real_shapes"]],  # and its --memory medmvl|hf processes
+        ["ct_batch.py", *size["ct_batch"]],  # and its memory and loader processes
     ]
     for job in jobs:
         t0 = time.perf_counter()
