@@ -213,3 +213,17 @@ def save(name: str, data: dict[str, Any]) -> Path:
     path.write_text(json.dumps(data, indent=2))
     print(f"wrote {path}")
     return path
+
+
+def epoch_rates(dm: Any, epochs: int = 2) -> list[float]:
+    """Volumes/s of each epoch of ``dm``'s training loader (one loader: persistent workers stay up)."""
+    loader, rates = dm.train_dataloader(), []
+    for epoch in range(epochs):
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        t0, n = time.perf_counter(), 0
+        for batch in loader:
+            n += batch["pixel_values_3d"].shape[0]
+        rates.append(n / (time.perf_counter() - t0))
+    del loader
+    return rates

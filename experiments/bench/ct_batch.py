@@ -158,20 +158,6 @@ def datamodule(model: Any, cfg: Any, annotations: Path, batch_size: int, workers
     return dm
 
 
-def loader_rate(dm: Any, epochs: int = 2) -> list[float]:
-    """Volumes/s of each epoch of the real training loader (workers persist between epochs)."""
-    loader, rates = dm.train_dataloader(), []
-    for epoch in range(epochs):
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        t0, n = time.perf_counter(), 0
-        for batch in loader:
-            n += batch["pixel_values_3d"].shape[0]
-        rates.append(n / (time.perf_counter() - t0))
-    del loader
-    return rates
-
-
 def medmvl_loss(model: Any, batch: dict) -> torch.Tensor:
     return model(**{k: batch[k] for k in INPUTS})["loss"]
 
@@ -361,7 +347,7 @@ def loader(args: argparse.Namespace) -> dict:
     out: dict[str, Any] = {"batch_size": args.batch_size}
     for kind, workers in (("npy", args.workers), ("nifti", args.nifti_workers)):
         dm = datamodule(model, cfg, folder / kind / "ct.json", args.batch_size, workers)
-        rates = loader_rate(dm)
+        rates = common.epoch_rates(dm)
         out[kind] = {"workers": dm.hparams.num_workers, "volumes": len(dm.train_set)}
         out[kind]["epoch_volumes_per_s"] = rates
         out[kind]["volumes_per_s"] = max(rates)

@@ -18,7 +18,6 @@ import argparse
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import common
@@ -71,16 +70,7 @@ def loader_rate(model: object, annotations: Path, workers: int, cache: Path | No
         volume_config=model.volume_config,
     )
     dm.setup("fit")
-    rates = []
-    for epoch in range(2):
-        loader = dm.train_dataloader()
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        t0, n = time.perf_counter(), 0
-        for batch in loader:
-            n += batch["pixel_values_3d"].shape[0]
-        rates.append(n / (time.perf_counter() - t0))
-    return rates
+    return common.epoch_rates(dm)
 
 
 def consumption(model: object, steps: int) -> dict:

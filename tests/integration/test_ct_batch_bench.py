@@ -9,7 +9,6 @@ token counts (built on the meta device: no memory, no init).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import os
@@ -21,8 +20,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
+from tests.helpers.bench import BENCH, bench_module
 
-BENCH = ROOT / "experiments" / "bench"
 CONFIGS = ("siglip_slices_attn_pool", "m3d_clip_spatial_pool")
 
 
@@ -91,14 +90,8 @@ def test_quick_run_rates_memory_and_loader_headroom(quick_run: dict[str, Any]) -
 
 @pytest.fixture
 def ct_batch() -> Iterator[Any]:
-    """The script as a module (its folder on ``sys.path`` for ``common``/``real_shapes``, then removed)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("ct_batch")
-    finally:
-        sys.path.remove(str(BENCH))
-        for name in ("ct_batch", "real_shapes", "train_speed", "common"):
-            sys.modules.pop(name, None)
+    with bench_module("ct_batch") as module:
+        yield module
 
 
 @pytest.mark.parametrize(

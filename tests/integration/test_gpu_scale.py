@@ -8,7 +8,6 @@ so400m's exact parameter counts (on the meta device: no memory, no init).
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -21,8 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
-
-BENCH = ROOT / "experiments" / "bench"
+from tests.helpers.bench import BENCH, bench_module
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +80,8 @@ def test_tiny_run_records_its_configuration(tiny_run: dict[str, Any]) -> None:
 
 @pytest.fixture
 def gpu_scale() -> Iterator[Any]:
-    """The script as a module (its folder on ``sys.path`` for ``common``/``train_speed``, then removed)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("gpu_scale")
-    finally:
-        sys.path.remove(str(BENCH))
-        for name in ("gpu_scale", "train_speed", "common"):
-            sys.modules.pop(name, None)
+    with bench_module("gpu_scale") as module:
+        yield module
 
 
 def test_3b_scale_builds_qwen2_5_3b_and_siglip_so400m(gpu_scale: Any, tmp_path: Path) -> None:
