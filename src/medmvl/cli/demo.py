@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -31,6 +32,8 @@ STOP_SIGNALS = tuple(
 )
 
 
+# seconds the server gets to close after a stop signal before it is interrupted again
+CLOSE_TIMEOUT_S = 15.0
 RECEIVED: list[str] = []
 """The stop signals received, by name (gradio swallows the :class:`Stopped` they raise while it serves)."""
 
@@ -50,7 +53,11 @@ def stop_on_signals() -> Iterator[None]:
 
     def stop(signum: int, _frame: Any) -> None:
         RECEIVED.append(signal.Signals(signum).name)
+        if not timers:  # a server close that hangs (an open client connection) is interrupted too
+            timers.append(_interrupt_after(CLOSE_TIMEOUT_S, signum))
         raise Stopped(RECEIVED[-1])
+
+    timers: list[threading.Timer] = []
 
     previous: dict[int, Any] = {}
     for sig in STOP_SIGNALS:
@@ -62,8 +69,20 @@ def stop_on_signals() -> Iterator[None]:
     try:
         yield
     finally:
+        for timer in timers:  # the server closed in time
+            timer.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _interrupt_after(seconds: float, signum: int) -> threading.Timer:
+    """Send ``signum`` to this process once more after ``seconds`` unless it has exited by then: the second
+    :class:`Stopped` breaks out of a server close that waits on a client connection (gradio's threads are
+    daemons, so the exit then goes ahead)."""
+    timer = threading.Timer(seconds, os.kill, args=(os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def launch(cfg: DictConfig, *, block: bool = True) -> Any:
@@ -114,8 +133,11 @@ def main(cfg: DictConfig) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         launch(cfg)
-    except KeyboardInterrupt as stop:  # a stop signal before the server was up
-        log.info("stopped by %s before serving", str(stop) or "SIGINT")
+    except KeyboardInterrupt as stop:  # a stop signal before the server was up, or while it closed
+        if len(RECEIVED) > 1 and RECEIVED[0] == RECEIVED[-1]:
+            log.info("stopped by %s: the server had not closed %.0f s after it", RECEIVED[0], CLOSE_TIMEOUT_S)
+        else:
+            log.info("stopped by %s before serving", str(stop) or "SIGINT")
         return
     how = f" by {RECEIVED[-1]}" if RECEIVED else ""
     log.info("stopped%s; the upload folder goes as the process exits", how)
