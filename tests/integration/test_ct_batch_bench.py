@@ -11,16 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.helpers.bench import BENCH, bench_module
+from tests.helpers.bench import bench_module, run_script
 
 CONFIGS = ("siglip_slices_attn_pool", "m3d_clip_spatial_pool")
 
@@ -28,10 +24,7 @@ CONFIGS = ("siglip_slices_attn_pool", "m3d_clip_spatial_pool")
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     results = tmp_path_factory.mktemp("ct_batch")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MEDMVL_BENCH_RESULTS": str(results)}
-    cmd = [sys.executable, str(BENCH / "ct_batch.py"), "--quick"]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=400)
-    assert out.returncode == 0, out.stderr[-4000:]
+    run_script("ct_batch.py", ["--quick"], results, timeout=400)
     return json.loads((results / "ct_batch.json").read_text())
 
 

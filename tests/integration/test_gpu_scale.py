@@ -10,26 +10,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.helpers.bench import BENCH, bench_module
+from tests.helpers.bench import bench_module, run_script
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     results = tmp_path_factory.mktemp("gpu_scale")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MEDMVL_BENCH_RESULTS": str(results)}
-    cmd = [sys.executable, str(BENCH / "gpu_scale.py"), "--tiny"]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-4000:]
+    out = run_script("gpu_scale.py", ["--tiny"], results, timeout=300)
     assert "tokens/s" in out.stdout and "MFU" in out.stdout
     return json.loads((results / "gpu_scale_tiny.json").read_text())
 
